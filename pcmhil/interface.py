@@ -9,7 +9,8 @@ The numerics of every digital step are specified in docs/numerics.md; the consta
 refers to are the ones below.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: data.Struct reads its field annotations at class
+# creation and would see strings.
 
 from dataclasses import dataclass, field
 from typing import Literal
