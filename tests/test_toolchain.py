@@ -10,8 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from pcmhil.cosim import smoke, toolchain
+
 from pcmhil.errors import SimulationError, ToolchainError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,8 @@ def test_missing_bench_module_is_a_clear_error(tmp_path):
 def test_verilog_error_surfaces_compiler_message(tmp_path):
     broken = toolchain.BuildSpec("broken_top", {"broken_top.v": "module broken_top(input clk);\n"
                                                 "  wire x = undeclared_signal;\nendmodule\n"})
-    with pytest.raises(ToolchainError, match=r"(?s)Verilator build of 'broken_top' failed.*undeclared_signal"):
+    expected = r"(?s)Verilator build of 'broken_top' failed.*undeclared_signal"
+    with pytest.raises(ToolchainError, match=expected):
         toolchain.build(broken, cache_dir=tmp_path)
     # a failed build leaves no cache entry behind
     assert not list((tmp_path / "verilator").glob("broken_top-*"))

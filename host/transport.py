@@ -1,0 +1,64 @@
+"""The host's link to a chip: a handful of synchronous verbs (DESIGN.md, "Backends").
+
+Implementations: the twin (host/twin.py, in process), the co-simulation (cosim/, in its own
+process), a board (documented path). The Chip driver (host/chip.py) is written against this
+class only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from pcmhil.errors import PcmhilError
+
+
+class BusError(PcmhilError):
+    """An AXI4-Lite access was answered with SLVERR."""
+
+    def __init__(self, op: str, address: int):
+        super().__init__(f"AXI4-Lite {op} of address {address:#06x} answered SLVERR "
+                         f"(unmapped, read-only, or a partial write)")
+        self.op, self.address = op, address
+
+
+class Transport(ABC):
+    """Synchronous access to one chip."""
+
+    @abstractmethod
+    def read(self, address: int) -> int:
+        """AXI4-Lite read of a 32-bit register; raises BusError on SLVERR."""
+
+    @abstractmethod
+    def write(self, address: int, value: int, strobe: int = 0b1111) -> None:
+        """AXI4-Lite write; raises BusError on SLVERR."""
+
+    @abstractmethod
+    def send(self, packets: np.ndarray | list[np.ndarray]) -> None:
+        """Send packets on the input stream, in order, tlast on each packet's last word.
+
+        `packets` is a 2-D uint32 array (packets of equal length, one per row) or a list of 1-D
+        arrays. Returns when the chip has accepted every beat.
+        """
+
+    @abstractmethod
+    def receive(self, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
+        """The next `count` packets from the output stream, each a 1-D uint32 array."""
+
+    @abstractmethod
+    def pending(self) -> int:
+        """Output packets received from the chip and not yet returned by receive()."""
+
+    @abstractmethod
+    def advance_time(self, seconds: float) -> None:
+        """Model environment: let `seconds` of device time pass (PCM drift) on every tile."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the link (stop a simulation process)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
