@@ -14,10 +14,10 @@ from typing import Protocol
 
 import numpy as np
 from amaranth.lib import data
-from pcmhil.host import packets as pk
-from pcmhil.host.transport import BusError, Transport
 
 from pcmhil.errors import SimulationError
+from pcmhil.host import packets as pk
+from pcmhil.host.transport import BusError, Transport
 from pcmhil.interface import (
     CALIBRATE_MAX_LOG2,
     COUNTER_MAX,

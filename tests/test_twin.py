@@ -1,0 +1,181 @@
+"""The twin against docs/numerics.md, with a deterministic fake analog side."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fake_analog import FakeAnalogTile
+
+from pcmhil.host import packets as pk
+from pcmhil.host.chip import Chip, ChipError
+from pcmhil.host.transport import BusError
+from pcmhil.host.twin import TwinTransport, ldpu
+from pcmhil.interface import (
+    CHIP_ID_VALUE,
+    COUNTER_MAX,
+    TILE_ID_VALUE,
+    WINDOW_RESET,
+    Activation,
+    Command,
+    ErrorCode,
+    Geometry,
+    PacketType,
+    ProgramMode,
+    ReadMode,
+)
+
+
+def make(rows=8, cols=12, tiles=1, seed=0):
+    geometry = Geometry(rows, cols, tiles)
+    analog = [FakeAnalogTile(geometry, seed + t) for t in range(tiles)]
+    return Chip(TwinTransport(geometry, analog), geometry), analog
+
+
+def reference_mvm(analog, x, mode, window, offset, gain, bias, shift, relu):
+    """numerics.md 1-5 written out independently of the twin."""
+    out = []
+    for v in x.astype(np.int64):
+        if mode is ReadMode.ONE_PHASE:
+            counts = np.minimum(v @ analog.weights(0) + 2 * window, COUNTER_MAX)
+            raw = counts - offset
+        else:
+            pos, neg = np.where(v > 0, v, 0), np.where(v < 0, -v, 0)
+            c = [np.minimum(d @ analog.weights(s) + 2 * window, COUNTER_MAX)
+                 for d, s in ((pos, 1), (pos, 2), (neg, 1), (neg, 2))]
+            raw = c[0] - c[1] - c[2] + c[3]
+        acc = raw * gain + bias
+        if shift:
+            acc = (acc + 2 ** (shift - 1)) // 2**shift
+        if relu:
+            acc = np.maximum(acc, 0)
+        out.append(np.clip(acc, -128, 127))
+    return np.array(out)
+
+
+def test_reset_values_and_bus_errors():
+    chip, _ = make()
+    assert chip.read("CHIP_ID") == CHIP_ID_VALUE
+    assert chip.read("TILE_ID", 0) == TILE_ID_VALUE
+    assert chip.read("GEOMETRY", 0) == (12 << 16) | 8
+    assert chip.read("WINDOW", 0) == WINDOW_RESET
+    with pytest.raises(BusError, match=r"read of address 0x0ffc answered SLVERR"):
+        chip.transport.read(0x0FFC)
+    with pytest.raises(BusError, match=r"write of address 0x1000"):
+        chip.transport.write(chip.map.address("TILE_ID", 0), 1)
+    with pytest.raises(BusError):
+        chip.transport.write(chip.map.address("WINDOW", 0), 200, strobe=0b0011)
+    with pytest.raises(BusError):  # tile 1 does not exist on a 1-tile chip
+        chip.transport.read(0x2000)
+
+
+@pytest.mark.parametrize("mode", [ReadMode.ONE_PHASE, ReadMode.FOUR_PHASE])
+@pytest.mark.parametrize("relu", [False, True])
+def test_mvm_matches_numerics(mode, relu):
+    chip, (analog,) = make(rows=16, cols=8, seed=3)
+    rng = np.random.default_rng(7)
+    gain = rng.integers(-300, 300, 8)
+    bias = rng.integers(-5000, 5000, 8)
+    chip.configure(0, read_mode=mode, activation=Activation.RELU if relu else Activation.IDENTITY,
+                   window=200, shift=6)
+    chip.load_ldpu(0, gain, bias)
+    offsets = chip.calibrate(0, 3)
+    assert np.array_equal(offsets, np.full(8, 2 * 200))
+    x = rng.integers(-128, 128, size=(20, 16))
+    x[0] = -128
+    y = chip.mvm(0, x)
+    expected = reference_mvm(analog, x, mode, 200, offsets, gain, bias, 6, relu)
+    assert np.array_equal(y, expected)
+    assert chip.counters(0)["mvm_count"] == 20
+    assert analog.operations == 8 + 20 * (1 if mode is ReadMode.ONE_PHASE else 4)
+
+
+def test_ldpu_rounds_half_up_and_saturates():
+    raw = np.array([3, -3, 5, -5, 1000, -1000, 0])
+    assert list(ldpu(raw, np.ones(7, np.int64), np.zeros(7, np.int64), 1, False)) == \
+        [2, -1, 3, -2, 127, -128, 0]
+    assert list(ldpu(raw, np.ones(7, np.int64), np.zeros(7, np.int64), 1, True)) == \
+        [2, 0, 3, 0, 127, 0, 0]
+
+
+def test_saturation_is_counted_per_column_window():
+    chip, (analog,) = make(rows=8, cols=12)
+    analog.offset_per_cycle = 40  # 40 * 128 cycles > COUNTER_MAX in every column
+    chip.mvm(0, np.zeros((3, 8), dtype=np.int8))
+    assert chip.counters(0)["saturation_count"] == 3 * 12
+    assert chip.status(0).saturated
+
+
+def test_verify_calibrate_program_packets():
+    chip, (analog,) = make(rows=8, cols=12)
+    plus, minus = chip.verify_row(0, 5)
+    assert np.array_equal(plus, 128 * analog.g_plus[5] + 2 * 128)
+    assert np.array_equal(minus, 128 * analog.g_minus[5] + 2 * 128)
+    codes = np.arange(12)
+    chip.program_row(0, 3, codes, 255 - codes)
+    chip.program_row(0, 4, codes - 6, 6 - codes, ProgramMode.PULSE)
+    (row, p, m, mode), (row2, p2, m2, mode2) = analog.programmed
+    assert (row, mode, row2, mode2) == (3, ProgramMode.TARGET, 4, ProgramMode.PULSE)
+    assert np.array_equal(p, codes) and np.array_equal(m, 255 - codes)
+    assert np.array_equal(p2.view(np.int8), codes - 6)
+    assert not chip.status(0).prog_staged
+
+
+def _error(chip, code):
+    with pytest.raises(ChipError, match=code.name):
+        chip.raise_for_error(0)
+
+
+def test_every_error_code_through_the_bus():
+    chip, _ = make(rows=8, cols=12, tiles=2)
+    cmd = lambda op, arg=0: chip.command(0, op, arg, wait=False)  # noqa: E731
+    cmd(Command.MVM, 0)
+    _error(chip, ErrorCode.BAD_ARGUMENT)
+    cmd(Command.VERIFY_ROW, 8)
+    _error(chip, ErrorCode.BAD_ARGUMENT)
+    cmd(Command.PROGRAM_ROW, 1 << 17)
+    _error(chip, ErrorCode.BAD_ARGUMENT)
+    cmd(Command.CALIBRATE, 9)
+    _error(chip, ErrorCode.BAD_ARGUMENT)
+    chip.write("CMD", 0x7F, 0)
+    _error(chip, ErrorCode.UNKNOWN_COMMAND)
+    cmd(Command.PROGRAM_ROW, 0)
+    _error(chip, ErrorCode.NO_DATA)
+    cmd(Command.LOAD_LDPU)
+    _error(chip, ErrorCode.NO_DATA)
+    chip.write("WINDOW", 127, 0)
+    cmd(Command.CALIBRATE, 0)
+    _error(chip, ErrorCode.BAD_CONFIG)
+    chip.write("WINDOW", 128, 0)
+    cmd(Command.MVM, 2)
+    cmd(Command.CALIBRATE, 0)
+    _error(chip, ErrorCode.BUSY)
+    assert chip.status(0).busy
+    cmd(Command.ABORT)
+    _error(chip, ErrorCode.ABORTED)
+    assert not chip.status(0).busy
+    chip.transport.send(pk.pack_activations(np.zeros((1, 8)), chip.geometry)[:, :-1])
+    _error(chip, ErrorCode.PACKET_LENGTH)
+    assert chip.counters(0)["error_count"] == 11
+    chip.transport.send(np.array([pk.header_word(PacketType.RESULT, 0), 0], np.uint32))
+    assert chip.read_field("STREAM_STATUS", "code") == ErrorCode.PACKET_TYPE.value
+    chip.transport.send(np.array([pk.header_word(PacketType.ACTIVATIONS, 5), 0, 0], np.uint32))
+    assert chip.read_field("STREAM_STATUS", "code") == ErrorCode.PACKET_TILE.value
+    assert chip.read("STREAM_ERRORS") == 2
+    assert chip.counters(1)["error_count"] == 0
+
+
+def test_stalled_stream_is_reported_not_hung():
+    chip, _ = make()
+    chip.transport.send(pk.pack_activations(np.zeros((1, 8)), chip.geometry))
+    assert chip.status(0).act_ready
+    with pytest.raises(Exception, match=r"input stream stalled"):
+        chip.transport.send(pk.pack_activations(np.zeros((1, 8)), chip.geometry))
+
+
+def test_irq_summary_follows_config():
+    chip, _ = make(tiles=2)
+    chip.configure(1, irq_done=True)
+    chip.calibrate(1, 0)
+    assert chip.read("IRQ_STATUS") == 0b10
+    chip.clear_flags(1)
+    assert chip.read("IRQ_STATUS") == 0
