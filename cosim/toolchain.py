@@ -284,7 +284,27 @@ class TestRun:
         return self.tests > 0 and self.failed == 0
 
 
-def run_cocotb(
+@dataclass
+class CocotbProcess:
+    """A running cocotb simulation (its own process group)."""
+
+    popen: subprocess.Popen
+    test_module: str
+    toplevel: str
+    test_dir: Path
+    log_file: Path
+    results: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self.log_file.exists():
+            return self.log_file.read_text(errors="replace")[-chars:]
+        return ""
+
+    def kill(self) -> None:
+        kill_process_group(self.popen)
+
+
+def start_cocotb(
     built: Build,
     test_module: str,
     test_dir: Path,
@@ -292,59 +312,67 @@ def run_cocotb(
     testcase: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     waves: bool = False,
-    timeout_s: float = 300.0,
     python_path: Sequence[str | Path] = (),
-) -> TestRun:
-    """Run the cocotb tests of `test_module` (an importable module name) against `built`.
+) -> CocotbProcess:
+    """Start the cocotb tests of `test_module` (an importable module name) against `built`.
 
-    The simulation runs in its own process group so that a hung simulation is killed after
-    `timeout_s` wall-clock seconds and reported, never waited on forever. `python_path` adds
-    folders from which the simulation imports `test_module`.
+    The simulation runs in its own process group (so it can be killed with everything it
+    spawned). `extra_env` reaches the simulation's Python; `python_path` adds folders from which
+    it imports `test_module`.
     """
-    start = time.perf_counter()
     test_dir = Path(test_dir).resolve()
     test_dir.mkdir(parents=True, exist_ok=True)
     log_file = test_dir / "sim.log"
     results = test_dir / "results.xml"
+    results.unlink(missing_ok=True)
     request = {
         "build_dir": str(built.build_dir),
         "toplevel": built.spec.toplevel,
         "test_module": test_module,
         "test_dir": str(test_dir),
         "testcase": testcase,
-        "extra_env": dict(extra_env or {}),
         "waves": waves,
         "log_file": str(log_file),
         "results_xml": str(results),
     }
     env = configure_environment(dict(os.environ))
     env.pop("PYTEST_CURRENT_TEST", None)  # the runner renames results.xml when it sees this
+    env.update(extra_env or {})
     if python_path:
         extra = [str(Path(p).resolve()) for p in python_path]
         env["PYTHONPATH"] = os.pathsep.join(extra + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.Popen(
+    popen = subprocess.Popen(
         [sys.executable, "-m", "pcmhil.cosim.toolchain", json.dumps(request)],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
+    return CocotbProcess(popen, test_module, built.spec.toplevel, test_dir, log_file, results)
+
+
+def run_cocotb(built: Build, test_module: str, test_dir: Path, *, timeout_s: float = 300.0,
+               **kwargs) -> TestRun:
+    """Run the cocotb tests of `test_module` against `built` to completion (see start_cocotb).
+
+    A simulation still running after `timeout_s` wall-clock seconds is killed and reported.
+    """
+    start = time.perf_counter()
+    proc = start_cocotb(built, test_module, test_dir, **kwargs)
     try:
-        out, _ = proc.communicate(timeout=timeout_s)
+        proc.popen.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        kill_process_group(proc)
+        proc.kill()
         raise SimulationError(
             f"cocotb run of {test_module} on {built.spec.toplevel} did not finish within "
-            f"{timeout_s:.0f} s and was killed; log: {log_file}"
+            f"{timeout_s:.0f} s and was killed; log: {proc.log_file}"
         ) from None
-    if not results.exists():
-        tail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else out[-3000:]
+    if not proc.results.exists():
         raise SimulationError(
-            f"cocotb run of {test_module} terminated abnormally (exit {proc.returncode}); "
-            f"log tail:\n{tail}"
+            f"cocotb run of {test_module} terminated abnormally (exit {proc.popen.returncode}); "
+            f"log tail:\n{proc.log_tail()}"
         )
     from cocotb_tools.check_results import get_results
 
-    tests, failed = get_results(results)
-    return TestRun(tests, failed, time.perf_counter() - start, test_dir, log_file)
+    tests, failed = get_results(proc.results)
+    return TestRun(tests, failed, time.perf_counter() - start, proc.test_dir, proc.log_file)
 
 
 def kill_process_group(proc: subprocess.Popen) -> None:
@@ -367,7 +395,6 @@ def _run_test_main(request: dict) -> None:
         build_dir=request["build_dir"],
         test_dir=request["test_dir"],
         testcase=request["testcase"],
-        extra_env=request["extra_env"],
         waves=request["waves"],
         log_file=request["log_file"],
         results_xml=request["results_xml"],

@@ -14,7 +14,6 @@ import numpy as np
 
 from pcmhil.errors import ConfigError, PcmhilError, SimulationError
 from pcmhil.host import packets as pk
-from pcmhil.host.transport import Transport
 from pcmhil.interface import (
     CALIBRATE_MAX_LOG2,
     Activation,
@@ -27,6 +26,7 @@ from pcmhil.interface import (
     ReadMode,
     RegisterMap,
 )
+from pcmhil.transport import Transport
 
 
 class ChipError(PcmhilError):

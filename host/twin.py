@@ -17,7 +17,6 @@ from amaranth.lib import data
 
 from pcmhil.errors import SimulationError
 from pcmhil.host import packets as pk
-from pcmhil.host.transport import BusError, Transport
 from pcmhil.interface import (
     CALIBRATE_MAX_LOG2,
     COUNTER_MAX,
@@ -40,6 +39,7 @@ from pcmhil.interface import (
     Register,
     RegisterMap,
 )
+from pcmhil.transport import BusError, Transport
 
 
 class AnalogTile(Protocol):

@@ -39,3 +39,9 @@ class FakeAnalogTile:
 
     def advance_time(self, seconds):
         self.time_s += seconds
+
+
+def make_fake_tiles(rows: int, cols: int, tiles: int, seed: int = 0, offset_per_cycle: int = 2):
+    """AnalogSpec factory for FakeAnalogTile (importable from the simulation via python_path)."""
+    geometry = Geometry(rows, cols, tiles)
+    return [FakeAnalogTile(geometry, seed + t, offset_per_cycle) for t in range(tiles)]

@@ -8,7 +8,6 @@ from fake_analog import FakeAnalogTile
 
 from pcmhil.host import packets as pk
 from pcmhil.host.chip import Chip, ChipError
-from pcmhil.host.transport import BusError
 from pcmhil.host.twin import TwinTransport, ldpu
 from pcmhil.interface import (
     CHIP_ID_VALUE,
@@ -23,6 +22,7 @@ from pcmhil.interface import (
     ProgramMode,
     ReadMode,
 )
+from pcmhil.transport import BusError
 
 
 def make(rows=8, cols=12, tiles=1, seed=0):

@@ -1,0 +1,138 @@
+"""Binding of one tile's analog boundary ports to the analog model (docs/numerics.md section 2).
+
+Word slicing follows pcmhil.interface.BoundaryLayout. Two fidelity modes:
+- transaction: on win_start, read the latched drive (durations, polarities, device select,
+  window length), call the model once, drive cco_count before the window ends;
+- cycle: every clock of a window (sampled mid-cycle, on the falling edge), read drive_en /
+  drive_neg and drive the CCO pulses of that cycle, which the counters add on the next edge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cocotb.triggers import FallingEdge, RisingEdge
+
+from pcmhil.interface import (
+    BOUNDARY_WORD_BITS,
+    CCO_COUNT_LANE_BITS,
+    CCO_PULSE_BITS,
+    BoundaryLayout,
+    Geometry,
+    ProgramMode,
+)
+
+_WORD_BYTES = BOUNDARY_WORD_BITS // 8
+
+
+def words_to_bits(words: list[int], count: int) -> np.ndarray:
+    """64-bit words -> bool[count], bit i of the vector = bit i%64 of word i//64."""
+    raw = np.array(words, dtype=np.uint64).view(np.uint8)
+    return np.unpackbits(raw, bitorder="little")[:count].astype(bool)
+
+
+def words_to_lanes(words: list[int], lane_bits: int, count: int) -> np.ndarray:
+    """64-bit words -> int64[count] of `lane_bits`-wide unsigned lanes, lane 0 in the low bits."""
+    per_word = BOUNDARY_WORD_BITS // lane_bits
+    w = np.array(words, dtype=np.uint64)[:, None]
+    shifts = np.arange(per_word, dtype=np.uint64) * np.uint64(lane_bits)
+    lanes = (w >> shifts) & np.uint64((1 << lane_bits) - 1)
+    return lanes.reshape(-1)[:count].astype(np.int64)
+
+
+def lanes_to_words(lanes: np.ndarray, lane_bits: int, n_words: int) -> list[int]:
+    """int[count] lanes (each < 2**lane_bits) -> n_words 64-bit words (pad lanes zero)."""
+    per_word = BOUNDARY_WORD_BITS // lane_bits
+    padded = np.zeros(n_words * per_word, dtype=np.uint64)
+    padded[:len(lanes)] = lanes
+    shifts = np.arange(per_word, dtype=np.uint64) * np.uint64(lane_bits)
+    return [int(w) for w in np.bitwise_or.reduce(padded.reshape(n_words, per_word) << shifts, axis=1)]
+
+
+class BoundaryPorts:
+    """The t{n}__* ports of tile n on the cosim top."""
+
+    def __init__(self, dut, tile: int, geometry: Geometry):
+        self.dut = dut
+        self.geometry = geometry
+        self.layout = BoundaryLayout(geometry)
+        self.prefix = f"t{tile}__"
+
+    def port(self, name: str):
+        return getattr(self.dut, self.prefix + name)
+
+    def words(self, name: str, count: int) -> list[int]:
+        return [int(self.port(f"{name}__{k}").value) for k in range(count)]
+
+    def write_words(self, name: str, words: list[int]) -> None:
+        for k, w in enumerate(words):
+            self.port(f"{name}__{k}").value = w
+
+    def reset(self, transaction: bool) -> None:
+        self.port("boundary_mode").value = int(transaction)
+        self.write_words("cco_pulses", [0] * self.layout.pulse_words)
+        self.write_words("cco_count", [0] * self.layout.count_words)
+
+    # ---- windows ---------------------------------------------------------------------------
+
+    async def serve_windows(self, analog, mode: str) -> None:
+        if mode == "transaction":
+            await self._serve_transactions(analog)
+        elif mode == "cycle":
+            await self._serve_cycles(analog)
+        else:
+            raise ValueError(f"mode must be 'cycle' or 'transaction', not {mode!r}")
+
+    async def _serve_transactions(self, analog) -> None:
+        rows, cols = self.geometry.rows, self.geometry.cols
+        lay = self.layout
+        while True:
+            await RisingEdge(self.port("win_start"))
+            durations = words_to_lanes(self.words("drive_mag", lay.mag_words), 8, rows)
+            negative = words_to_bits(self.words("drive_neg", lay.drive_words), rows)
+            select = int(self.port("win_select").value)
+            n_cycles = int(self.port("win_cycles").value)
+            counts = analog.windows(durations[None], negative[None], np.array([select]), n_cycles)[0]
+            lane_max = (1 << CCO_COUNT_LANE_BITS) - 1
+            self.write_words("cco_count", lanes_to_words(np.minimum(counts, lane_max)[:cols],
+                                                         CCO_COUNT_LANE_BITS, lay.count_words))
+
+    async def _serve_cycles(self, analog) -> None:
+        rows = self.geometry.rows
+        lay = self.layout
+        clk = self.dut.clk
+        idle = lanes_to_words(np.zeros(0, dtype=np.int64), CCO_PULSE_BITS, lay.pulse_words)
+        while True:
+            await RisingEdge(self.port("win_start"))
+            window = None
+            while True:
+                await FallingEdge(clk)
+                if not int(self.port("win_active").value):
+                    self.write_words("cco_pulses", idle)
+                    break
+                if int(self.port("win_start").value) or window is None:
+                    # cycle 0 of a window (back-to-back windows have no idle cycle between them)
+                    window = analog.begin_window(int(self.port("win_select").value))
+                enabled = words_to_bits(self.words("drive_en", lay.drive_words), rows)
+                negative = words_to_bits(self.words("drive_neg", lay.drive_words), rows)
+                active = np.where(enabled, np.where(negative, -1, 1), 0).astype(np.int64)
+                pulses = window.step(active)
+                self.write_words("cco_pulses", lanes_to_words(pulses, CCO_PULSE_BITS, lay.pulse_words))
+
+    # ---- programming -----------------------------------------------------------------------
+
+    async def serve_programming(self, analog) -> None:
+        cols = self.geometry.cols
+        clk = self.dut.clk
+        while True:
+            await RisingEdge(self.port("prog_valid"))
+            words: dict[int, int] = {}
+            while True:
+                await FallingEdge(clk)
+                if int(self.port("prog_valid").value):
+                    words[int(self.port("prog_index").value)] = int(self.port("prog_data").value)
+                if int(self.port("prog_commit").value):
+                    break
+            data = np.array([words.get(k, 0) for k in range(self.layout.prog_words)], dtype=np.uint64)
+            payload = data.view(np.uint8)[:2 * cols]
+            analog.program_row(int(self.port("prog_row").value), payload[0::2].copy(),
+                               payload[1::2].copy(), ProgramMode(int(self.port("prog_mode").value)))

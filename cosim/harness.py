@@ -1,0 +1,137 @@
+"""The co-simulation top: the chip plus a testbench-side bus master and DMA buffers.
+
+Python driving AXI handshakes cycle by cycle is the main cost of a cocotb co-simulation
+(TOOLCHAIN.md: ~98 % of an MVM-like op was Python inside the simulation). Like a board's DMA
+engine, this harness moves whole packets between memories and the chip's AXI4-Stream ports at
+one beat per clock, and runs AXI4-Lite transactions from a request latched by one write, so the
+Python side touches a handful of signals per operation. The chip's own AXI4-Lite and
+AXI4-Stream protocol behaviour (back-pressure, error responses) is verified separately with
+cocotbext-axi bus models (tests/test_rtl_bus_*).
+
+Python-facing ports (all <= 64 bits, TOOLCHAIN.md):
+- csr_go (pulse), csr_write, csr_addr, csr_wdata, csr_strb -> csr_done (level, cleared by go),
+  csr_rdata, csr_resp (AXI response code).
+- dma_in[] memory (bit 32 = tlast), dma_in_count, dma_in_go (pulse) -> dma_in_busy, dma_in_sent.
+- dma_out[] ring memory written from m_axis (bit 32 = tlast), dma_out_wptr (out),
+  dma_out_rptr (in): the ring back-pressures the chip when full.
+- t{n}__* analog boundary of each tile, irq.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from pcmhil.interface import BUS_ADDR_BITS, BUS_DATA_BITS, Geometry
+from pcmhil.rtl.signatures import AnalogBoundary
+
+#: DMA buffer depth in beats (a power of two; the ring pointers wrap at twice the depth).
+DMA_DEPTH = 4096
+DMA_PTR_BITS = DMA_DEPTH.bit_length()  # one extra bit distinguishes full from empty
+BEAT_BITS = BUS_DATA_BITS + 1
+
+TOPLEVEL = "pcmhil_cosim_top"
+
+
+class CosimHarness(wiring.Component):
+    def __init__(self, geometry: Geometry, chip_factory=None):
+        self.geometry = geometry
+        if chip_factory is None:
+            from pcmhil.rtl.chip import Chip as chip_factory
+        self._chip_factory = chip_factory
+        members = {
+            "csr_go": In(1), "csr_write": In(1), "csr_addr": In(BUS_ADDR_BITS),
+            "csr_wdata": In(BUS_DATA_BITS), "csr_strb": In(4),
+            "csr_done": Out(1), "csr_rdata": Out(BUS_DATA_BITS), "csr_resp": Out(2),
+            "dma_in_count": In(DMA_PTR_BITS), "dma_in_go": In(1),
+            "dma_in_busy": Out(1), "dma_in_sent": Out(DMA_PTR_BITS),
+            "dma_out_wptr": Out(DMA_PTR_BITS), "dma_out_rptr": In(DMA_PTR_BITS),
+            "irq": Out(1),
+        }
+        for t in range(geometry.tiles):
+            members[f"t{t}"] = Out(AnalogBoundary(geometry))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.chip = chip = self._chip_factory(self.geometry)
+        for t in range(self.geometry.tiles):
+            wiring.connect(m, wiring.flipped(getattr(self, f"t{t}")), getattr(chip, f"t{t}"))
+        m.d.comb += self.irq.eq(chip.irq)
+        self._axil_master(m, chip)
+        self._dma_in(m, chip)
+        self._dma_out(m, chip)
+        return m
+
+    def _axil_master(self, m: Module, chip) -> None:
+        """One AXI4-Lite read or write per csr_go; address and data phases held until accepted."""
+        aw_pending, w_pending, ar_pending = Signal(), Signal(), Signal()
+        b_wait, r_wait = Signal(), Signal()
+        m.d.comb += [
+            chip.s_axil_awaddr.eq(self.csr_addr), chip.s_axil_awvalid.eq(aw_pending),
+            chip.s_axil_wdata.eq(self.csr_wdata), chip.s_axil_wstrb.eq(self.csr_strb),
+            chip.s_axil_wvalid.eq(w_pending), chip.s_axil_bready.eq(b_wait),
+            chip.s_axil_araddr.eq(self.csr_addr), chip.s_axil_arvalid.eq(ar_pending),
+            chip.s_axil_rready.eq(r_wait),
+        ]
+        with m.If(self.csr_go):
+            m.d.sync += [self.csr_done.eq(0), b_wait.eq(self.csr_write), r_wait.eq(~self.csr_write),
+                         aw_pending.eq(self.csr_write), w_pending.eq(self.csr_write),
+                         ar_pending.eq(~self.csr_write)]
+        with m.If(aw_pending & chip.s_axil_awready):
+            m.d.sync += aw_pending.eq(0)
+        with m.If(w_pending & chip.s_axil_wready):
+            m.d.sync += w_pending.eq(0)
+        with m.If(ar_pending & chip.s_axil_arready):
+            m.d.sync += ar_pending.eq(0)
+        with m.If(b_wait & chip.s_axil_bvalid):
+            m.d.sync += [b_wait.eq(0), self.csr_done.eq(1), self.csr_resp.eq(chip.s_axil_bresp)]
+        with m.If(r_wait & chip.s_axil_rvalid):
+            m.d.sync += [r_wait.eq(0), self.csr_done.eq(1), self.csr_resp.eq(chip.s_axil_rresp),
+                         self.csr_rdata.eq(chip.s_axil_rdata)]
+
+    def _dma_in(self, m: Module, chip) -> None:
+        """Stream dma_in[0 .. count-1] into s_axis, one beat per clock when the chip is ready."""
+        m.submodules.dma_in = mem = Memory(shape=BEAT_BITS, depth=DMA_DEPTH, init=[])
+        # The write port is never used by the logic; it keeps the memory a RAM (not a constant
+        # ROM that the tools could fold away) so that Python can deposit words into it.
+        write = mem.write_port()
+        m.d.comb += write.en.eq(0)
+        read = mem.read_port()
+        count = Signal.like(self.dma_in_count)
+        index = Signal.like(self.dma_in_count)  # beat presented (or about to be)
+        valid = Signal()
+        accept = valid & chip.s_axis_tready
+        next_index = Signal.like(index)
+        m.d.comb += [
+            next_index.eq(index + accept),
+            read.addr.eq(next_index),
+            chip.s_axis_tdata.eq(read.data[:BUS_DATA_BITS]),
+            chip.s_axis_tlast.eq(read.data[BUS_DATA_BITS]),
+            chip.s_axis_tvalid.eq(valid),
+            self.dma_in_busy.eq(valid | self.dma_in_go),
+            self.dma_in_sent.eq(index),
+        ]
+        with m.If(self.dma_in_go):
+            m.d.sync += [count.eq(self.dma_in_count), index.eq(0), valid.eq(0)]
+            m.d.comb += read.addr.eq(0)
+        with m.Else():
+            m.d.sync += [index.eq(next_index), valid.eq(next_index < count)]
+
+    def _dma_out(self, m: Module, chip) -> None:
+        """Capture m_axis beats into the dma_out ring; back-pressure when the ring is full."""
+        m.submodules.dma_out = mem = Memory(shape=BEAT_BITS, depth=DMA_DEPTH, init=[])
+        write = mem.write_port()
+        wptr = self.dma_out_wptr
+        full = Signal()
+        m.d.comb += [
+            full.eq((wptr - self.dma_out_rptr)[:DMA_PTR_BITS] == DMA_DEPTH),
+            chip.m_axis_tready.eq(~full),
+            write.addr.eq(wptr[:DMA_PTR_BITS - 1]),
+            write.data.eq(chip.m_axis_tdata | (chip.m_axis_tlast << BUS_DATA_BITS)),
+            write.en.eq(chip.m_axis_tvalid & ~full),
+        ]
+        with m.If(write.en):
+            m.d.sync += wptr.eq(wptr + 1)

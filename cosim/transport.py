@@ -1,0 +1,200 @@
+"""Host side of the co-simulation: a Transport whose chip is RTL in Verilator, in its own process.
+
+The simulation runs like a board on a link: the host starts it, it connects back over a Unix
+socket, and every Transport verb is one request/reply. Failures are reported within bounded
+time with what the host knows: the simulation process dying (end of connection, seen within
+milliseconds), a frozen simulation (no reply within `request_timeout_s` wall-clock seconds: the
+process is killed), and a chip that stops making progress (the simulation gives up after a
+simulated-cycle budget and replies with every tile's controller state; the link stays usable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pcmhil.cosim import toolchain
+from pcmhil.cosim.harness import TOPLEVEL, CosimHarness
+from pcmhil.cosim.link import LinkClosed, recv_message, send_message
+from pcmhil.cosim.server import CONFIG_ENV
+from pcmhil.errors import ConfigError, SimulationError
+from pcmhil.interface import Geometry
+from pcmhil.model.analog_tile import AnalogSpec
+from pcmhil.transport import BusError, Transport
+
+MODES = ("cycle", "transaction")
+#: Simulated cycles a request may take before the chip is declared stuck.
+DEFAULT_CYCLE_BUDGET = 2_000_000
+
+
+def harness_build_spec(geometry: Geometry, waves: bool = False) -> toolchain.BuildSpec:
+    from amaranth.back import verilog
+
+    text = verilog.convert(CosimHarness(geometry), name=TOPLEVEL, emit_src=False)
+    return toolchain.BuildSpec(toplevel=TOPLEVEL, verilog={f"{TOPLEVEL}.v": text}, waves=waves)
+
+
+class CosimTransport(Transport):
+    """The chip RTL under cocotb + Verilator, bound to the analog model, in a child process."""
+
+    def __init__(self, geometry: Geometry, analog: AnalogSpec, *, mode: str = "transaction",
+                 waves: bool | str | Path = False, request_timeout_s: float = 120.0,
+                 start_timeout_s: float = 600.0, cycle_budget: int = DEFAULT_CYCLE_BUDGET,
+                 progress=None, python_path=()):
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, not {mode!r}")
+        self.geometry = geometry
+        self.mode = mode
+        self.request_timeout_s = request_timeout_s
+        self.cycle_budget = cycle_budget
+        self.last_request = "start"
+        self.process = None
+        self._sock = None
+        self._dir = Path(tempfile.mkdtemp(prefix="pcmhil-"))  # short: socket paths < 107 bytes
+        progress = progress or (lambda _msg: None)
+        try:
+            progress("building the chip RTL (cached when unchanged)")
+            built = toolchain.build(harness_build_spec(geometry, waves=bool(waves)))
+            progress(f"Verilator build {'reused' if built.cached else 'done'} ({built.seconds:.1f} s)")
+            self._start(built, analog, waves, start_timeout_s, python_path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, built, analog: AnalogSpec, waves, start_timeout_s: float,
+               python_path) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = str(self._dir / "link")
+        listener.bind(path)
+        listener.listen(1)
+        config = {"socket": path, "geometry": asdict(self.geometry), "mode": self.mode,
+                  "analog": asdict(analog)}
+        # Waves outlive the transport, so they go to a folder of the user's (default ./waves).
+        if waves:
+            test_dir = Path(waves if isinstance(waves, (str, Path)) else "waves").resolve()
+        else:
+            test_dir = self._dir / "sim"
+        self.process = toolchain.start_cocotb(
+            built, "pcmhil.cosim.server", test_dir, waves=bool(waves),
+            extra_env={CONFIG_ENV: json.dumps(config)}, python_path=python_path)
+        self.waves_dir = test_dir if waves else None
+        deadline = time.monotonic() + start_timeout_s
+        listener.settimeout(0.2)
+        try:
+            while self._sock is None:
+                with contextlib.suppress(TimeoutError):
+                    self._sock, _ = listener.accept()
+                if self._sock is None:
+                    self._check_alive("starting the simulation")
+                    if time.monotonic() > deadline:
+                        raise SimulationError(f"the simulation did not connect within "
+                                              f"{start_timeout_s:.0f} s; log tail:\n"
+                                              f"{self.process.log_tail()}")
+        finally:
+            listener.close()
+        self._reply()  # ("ready", None)
+
+    # ---- request machinery -----------------------------------------------------------------
+
+    def _check_alive(self, doing: str) -> None:
+        code = self.process.popen.poll() if self.process else None
+        if code is not None:
+            raise SimulationError(f"the co-simulation process exited (code {code}) while "
+                                  f"{doing}; log tail:\n{self.process.log_tail()}")
+
+    def _reply(self):
+        deadline = time.monotonic() + self.request_timeout_s
+        while True:
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
+            if ready:
+                break
+            self._check_alive(f"waiting for the reply to {self.last_request}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise SimulationError(
+                    f"the co-simulation did not answer {self.last_request} within "
+                    f"{self.request_timeout_s:.0f} s and was killed (a frozen simulation); "
+                    f"log tail:\n{self.process.log_tail()}")
+        try:
+            status, value = recv_message(self._sock)
+        except LinkClosed:
+            code = self.process.popen.wait(timeout=10) if self.process else None
+            raise SimulationError(
+                f"the co-simulation process died (exit code {code}) during {self.last_request}; "
+                f"log tail:\n{self.process.log_tail() if self.process else ''}") from None
+        if status == "no-progress":
+            raise SimulationError(f"the chip stopped making progress during {self.last_request}: "
+                                  f"{value}")
+        if status == "error":
+            raise SimulationError(f"the co-simulation failed {self.last_request}: {value}")
+        return value
+
+    def _request(self, description: str, *message):
+        if self._sock is None:
+            raise SimulationError(f"the co-simulation link is closed (cannot do {description})")
+        self.last_request = description
+        try:
+            send_message(self._sock, message)
+        except LinkClosed:
+            self._check_alive(description)
+            raise SimulationError(f"the co-simulation link broke during {description}") from None
+        return self._reply()
+
+    # ---- Transport verbs -------------------------------------------------------------------
+
+    def read(self, address: int) -> int:
+        data, resp = self._request(f"read of {address:#06x}", "read", address)
+        if resp:
+            raise BusError("read", address)
+        return data
+
+    def write(self, address: int, value: int, strobe: int = 0b1111) -> None:
+        _, resp = self._request(f"write of {value:#x} to {address:#06x}", "write", address,
+                                value, strobe)
+        if resp:
+            raise BusError("write", address)
+
+    def send(self, packets) -> None:
+        rows = [np.asarray(p, dtype=np.uint32).reshape(-1) for p in
+                (np.atleast_2d(packets) if isinstance(packets, np.ndarray) else packets)]
+        words = np.concatenate(rows)
+        lasts = np.zeros(len(words), dtype=bool)
+        lasts[np.cumsum([len(r) for r in rows]) - 1] = True
+        self._request(f"send of {len(rows)} packets", "send", words, lasts,
+                      self.cycle_budget)
+
+    def receive(self, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
+        return self._request(f"receive of {count} packets", "receive", count, self.cycle_budget)
+
+    def pending(self) -> int:
+        return self._request("pending", "pending")
+
+    def advance_time(self, seconds: float) -> None:
+        self._request(f"advance_time({seconds})", "advance_time", seconds)
+
+    def simulated_cycles(self) -> int:
+        return self._request("cycles", "cycles")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                self.last_request = "close"
+                send_message(self._sock, ("close",))
+                self._sock.settimeout(5)
+                recv_message(self._sock)
+            self._sock.close()
+            self._sock = None
+        if self.process is not None:
+            with contextlib.suppress(Exception):
+                self.process.popen.wait(timeout=10)
+            self.process.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
