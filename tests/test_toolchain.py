@@ -10,8 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from pcmhil.cosim import smoke, toolchain
 
+from pcmhil.cosim import smoke, toolchain
 from pcmhil.errors import SimulationError, ToolchainError
 
 REPO = Path(__file__).resolve().parents[1]
