@@ -75,6 +75,7 @@ class BoundaryPorts:
     # ---- windows ---------------------------------------------------------------------------
 
     async def serve_windows(self, analog, mode: str) -> None:
+        """`analog()` returns the tile's current analog model."""
         if mode == "transaction":
             await self._serve_transactions(analog)
         elif mode == "cycle":
@@ -91,7 +92,7 @@ class BoundaryPorts:
             negative = words_to_bits(self.words("drive_neg", lay.drive_words), rows)
             select = int(self.port("win_select").value)
             n_cycles = int(self.port("win_cycles").value)
-            counts = analog.windows(durations[None], negative[None], np.array([select]), n_cycles)[0]
+            counts = analog().windows(durations[None], negative[None], np.array([select]), n_cycles)[0]
             lane_max = (1 << CCO_COUNT_LANE_BITS) - 1
             self.write_words("cco_count", lanes_to_words(np.minimum(counts, lane_max)[:cols],
                                                          CCO_COUNT_LANE_BITS, lay.count_words))
@@ -111,7 +112,7 @@ class BoundaryPorts:
                     break
                 if int(self.port("win_start").value) or window is None:
                     # cycle 0 of a window (back-to-back windows have no idle cycle between them)
-                    window = analog.begin_window(int(self.port("win_select").value))
+                    window = analog().begin_window(int(self.port("win_select").value))
                 enabled = words_to_bits(self.words("drive_en", lay.drive_words), rows)
                 negative = words_to_bits(self.words("drive_neg", lay.drive_words), rows)
                 active = np.where(enabled, np.where(negative, -1, 1), 0).astype(np.int64)
@@ -134,5 +135,5 @@ class BoundaryPorts:
                     break
             data = np.array([words.get(k, 0) for k in range(self.layout.prog_words)], dtype=np.uint64)
             payload = data.view(np.uint8)[:2 * cols]
-            analog.program_row(int(self.port("prog_row").value), payload[0::2].copy(),
+            analog().program_row(int(self.port("prog_row").value), payload[0::2].copy(),
                                payload[1::2].copy(), ProgramMode(int(self.port("prog_mode").value)))

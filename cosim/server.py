@@ -40,17 +40,31 @@ class Server:
 
         self.dut = dut
         self.config = config
-        self.geometry = g = Geometry(**config["geometry"])
-        self.analog = AnalogSpec(**config["analog"]).build(g.rows, g.cols, g.tiles)
+        self.geometry = Geometry(**config["geometry"])
+        self.analog = self.build_analog(AnalogSpec(**config["analog"]))
         self.mode = config["mode"]
         self.out_words: list[int] = []  # beats drained from the ring, not yet a whole packet
         self.out_packets: list[np.ndarray] = []
         self.rptr = 0
         self.cycles = 0
 
+    def build_analog(self, spec) -> list:
+        g = self.geometry
+        return spec.build(g.rows, g.cols, g.tiles)
+
     async def start(self) -> None:
+        Clock(self.dut.clk, CLK_PERIOD_NS, unit="ns", impl="gpi").start()
+        await self.reset()
+        for t in range(self.geometry.tiles):
+            ports = BoundaryPorts(self.dut, t, self.geometry)
+            # the bindings look the tile's model up on every window, so reset() can replace it
+            analog = lambda t=t: self.analog[t]  # noqa: E731
+            cocotb.start_soon(ports.serve_windows(analog, self.mode))
+            cocotb.start_soon(ports.serve_programming(analog))
+
+    async def reset(self, spec=None) -> None:
+        """Synchronous reset of the whole top; with `spec`, new analog tiles."""
         dut = self.dut
-        Clock(dut.clk, CLK_PERIOD_NS, unit="ns", impl="gpi").start()
         for name in ("csr_go", "csr_write", "csr_addr", "csr_wdata", "dma_in_go", "dma_in_count",
                      "dma_out_rptr"):
             getattr(dut, name).value = 0
@@ -60,11 +74,12 @@ class Server:
             BoundaryPorts(dut, t, self.geometry).reset(transaction=self.mode == "transaction")
         await ClockCycles(dut.clk, 4)
         dut.rst.value = 0
+        if spec is not None:
+            from pcmhil.model.analog_tile import AnalogSpec
+
+            self.analog = self.build_analog(AnalogSpec(**spec))
+        self.out_words, self.out_packets, self.rptr = [], [], 0
         await RisingEdge(dut.clk)
-        for t, analog in enumerate(self.analog):
-            ports = BoundaryPorts(dut, t, self.geometry)
-            cocotb.start_soon(ports.serve_windows(analog, self.mode))
-            cocotb.start_soon(ports.serve_programming(analog))
 
     # ---- bus -------------------------------------------------------------------------------
 
@@ -169,6 +184,8 @@ class Server:
             for analog in self.analog:
                 analog.advance_time(args[0])
             return None
+        if verb == "reset":
+            return await self.reset(args[0])
         if verb == "cycles":
             return int(cocotb.utils.get_sim_time("ns") // CLK_PERIOD_NS)
         raise ValueError(f"unknown request {verb!r}")

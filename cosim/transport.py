@@ -178,6 +178,9 @@ class CosimTransport(Transport):
     def pending(self) -> int:
         return self._request("pending", "pending")
 
+    def reset(self, analog: AnalogSpec | None = None) -> None:
+        self._request("reset", "reset", None if analog is None else asdict(analog))
+
     def advance_time(self, seconds: float) -> None:
         self._request(f"advance_time({seconds})", "advance_time", seconds)
 

@@ -30,6 +30,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_doctor(args)
 
 
+def cmd_mvm(args: argparse.Namespace) -> int:
+    from pcmhil.host.random_mvm import random_mvm
+
+    result = random_mvm(args.backend, mode=args.mode, rows=args.rows, cols=args.cols,
+                        count=args.count, seed=args.seed, preset=args.preset,
+                        waves=args.waves or False, progress=None if args.json else _progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>13}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pcmhil",
@@ -44,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job on the built-in default")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(func=cmd_demo)
+    mvm = sub.add_parser("mvm", help="program a random matrix, run random MVMs, hash the codes")
+    mvm.add_argument("--backend", choices=("twin", "cosim"), default="twin")
+    mvm.add_argument("--mode", choices=("transaction", "cycle"), default="transaction",
+                     help="cosim fidelity: one model call per window, or boundary every clock")
+    mvm.add_argument("--rows", type=int, default=64)
+    mvm.add_argument("--cols", type=int, default=64)
+    mvm.add_argument("--count", type=int, default=100)
+    mvm.add_argument("--seed", type=int, default=1)
+    mvm.add_argument("--preset", default="pcm")
+    mvm.add_argument("--waves", nargs="?", const="waves", default=None, metavar="DIR",
+                     help="cosim: write an FST waveform into DIR (default ./waves)")
+    mvm.add_argument("--json", action="store_true")
+    mvm.set_defaults(func=cmd_mvm)
     return parser
 
 

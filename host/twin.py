@@ -327,13 +327,22 @@ def _command_fields(word: int) -> tuple[int, int]:
 class TwinTransport(Transport):
     """The whole chip (router, tiles, chip registers) as an in-process Transport."""
 
-    def __init__(self, geometry: Geometry, analog_tiles: list[AnalogTile]):
-        if len(analog_tiles) != geometry.tiles:
-            raise ValueError(f"need {geometry.tiles} analog tiles, got {len(analog_tiles)}")
+    def __init__(self, geometry: Geometry, analog):
+        """`analog`: an AnalogSpec (pcmhil.model.analog_tile) or a list of analog tiles."""
         self.geometry = geometry
         self.map = RegisterMap(geometry)
+        self.reset(analog)
+
+    def reset(self, analog=None) -> None:
+        if analog is None:
+            analog = self._analog_spec
+        self._analog_spec = analog
+        g = self.geometry
+        tiles = analog.build(g.rows, g.cols, g.tiles) if hasattr(analog, "build") else list(analog)
+        if len(tiles) != g.tiles:
+            raise ValueError(f"need {g.tiles} analog tiles, got {len(tiles)}")
         self.chip = RegisterState(self.map.chip)
-        self.tiles = [TwinTile(geometry, t, a) for t, a in enumerate(analog_tiles)]
+        self.tiles = [TwinTile(g, t, a) for t, a in enumerate(tiles)]
         self._out: deque[np.ndarray] = deque()
 
     # ---- registers ---------------------------------------------------------------------------

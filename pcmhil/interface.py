@@ -326,7 +326,7 @@ def tile_registers(geometry: Geometry) -> tuple[Register, ...]:
             _ro("act_ready", 4, 1, "an activation vector is buffered"),
             _ro("prog_staged", 5, 1, "PROGRAM_DATA is staged"),
             _ro("ldpu_staged", 6, 1, "LDPU_PARAMS are staged"),
-            _ro("opcode", 8, 8, "opcode of the running (or last) command"),
+            _ro("opcode", 8, 8, "opcode of the running command, else of the last one started"),
         ), "Tile status"),
         Register("CONFIG", 0x10, (
             _rw("read_mode", 0, 1, "ReadMode"),

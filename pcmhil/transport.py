@@ -54,6 +54,11 @@ class Transport(ABC):
     def advance_time(self, seconds: float) -> None:
         """Model environment: let `seconds` of device time pass (PCM drift) on every tile."""
 
+    @abstractmethod
+    def reset(self, analog=None) -> None:
+        """Reset the chip (every register, buffer and counter to its reset value) and, with
+        `analog` (a pcmhil.model.analog_tile.AnalogSpec), rebuild the analog tiles from it."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the link (stop a simulation process)."""
 
