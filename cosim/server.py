@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import cocotb
 import numpy as np
@@ -46,7 +47,7 @@ class Server:
         self.out_words: list[int] = []  # beats drained from the ring, not yet a whole packet
         self.out_packets: list[np.ndarray] = []
         self.rptr = 0
-        self.cycles = 0
+        self.stats = {"requests": 0, "handle_s": 0.0, "clock_only_s": 0.0, "clock_only_cycles": 0}
 
     def build_analog(self, spec) -> list:
         g = self.geometry
@@ -184,6 +185,16 @@ class Server:
             for analog in self.analog:
                 analog.advance_time(args[0])
             return None
+        if verb == "clock":  # the ceiling: the same RTL clocked with no model and no bus traffic
+            start = time.perf_counter()
+            await ClockCycles(self.dut.clk, args[0])
+            self.stats["clock_only_s"] += time.perf_counter() - start
+            self.stats["clock_only_cycles"] += args[0]
+            return None
+        if verb == "stats":
+            model_s = sum(getattr(a, "busy_s", 0.0) for a in self.analog)
+            return dict(self.stats, model_s=model_s,
+                        cycles=int(cocotb.utils.get_sim_time("ns") // CLK_PERIOD_NS))
         if verb == "reset":
             return await self.reset(args[0])
         if verb == "cycles":
@@ -199,12 +210,15 @@ class Server:
             if request[0] == "close":
                 send_message(sock, ("ok", None))
                 return
+            start = time.perf_counter()
             try:
                 reply = ("ok", await self.handle(request))
             except NoProgress as exc:
                 reply = ("no-progress", f"{exc}; {await self.state()}")
             except Exception as exc:  # reported to the host, which raises it
                 reply = ("error", f"{type(exc).__name__}: {exc}")
+            self.stats["requests"] += 1
+            self.stats["handle_s"] += time.perf_counter() - start
             try:
                 send_message(sock, reply)
             except LinkClosed:

@@ -187,6 +187,14 @@ class CosimTransport(Transport):
     def simulated_cycles(self) -> int:
         return self._request("cycles", "cycles")
 
+    def clock_only(self, cycles: int) -> None:
+        """Clock the RTL for `cycles` with no model and no bus traffic (the speed ceiling)."""
+        self._request(f"clock({cycles})", "clock", cycles)
+
+    def stats(self) -> dict:
+        """Where the simulation's time went: requests, seconds handling them, in the model."""
+        return self._request("stats", "stats")
+
     def close(self) -> None:
         if self._sock is not None:
             with contextlib.suppress(Exception):

@@ -79,7 +79,8 @@ def _random_inputs(rng, n: int, rows: int) -> np.ndarray:
 def _random_args(kind: str, rng, geometry: Geometry) -> dict:
     rows, cols = geometry.rows, geometry.cols
     if kind == "configure":
-        return {"read_mode": ReadMode(int(rng.integers(2))), "activation": Activation(int(rng.integers(2))),
+        return {"read_mode": ReadMode(int(rng.integers(2))),
+                "activation": Activation(int(rng.integers(2))),
                 "window": int(rng.integers(PWM_MAX_CYCLES, PWM_MAX_CYCLES + 160)),
                 "shift": int(rng.integers(0, 13))}
     if kind == "load_ldpu":
@@ -110,8 +111,9 @@ def _random_args(kind: str, rng, geometry: Geometry) -> dict:
         opcode, arg = choices[rng.integers(len(choices))]
         return {"opcode": opcode, "arg": arg}
     if kind == "bad_packet":
-        return {"flaw": ["short", "long", "header_only", "type", "output_type", "tile"][rng.integers(6)],
-                "kind": [PacketType.ACTIVATIONS, PacketType.PROGRAM_DATA, PacketType.LDPU_PARAMS][rng.integers(3)]}
+        flaws = ["short", "long", "header_only", "type", "output_type", "tile"]
+        kinds = [PacketType.ACTIVATIONS, PacketType.PROGRAM_DATA, PacketType.LDPU_PARAMS]
+        return {"flaw": flaws[rng.integers(len(flaws))], "kind": kinds[rng.integers(len(kinds))]}
     if kind == "busy_abort":
         return {"x": _random_inputs(rng, int(rng.integers(0, 3)), rows),
                 "intruder": [Command.CALIBRATE, Command.VERIFY_ROW, Command.MVM, 0x7F][rng.integers(4)]}
@@ -172,7 +174,10 @@ def run_op(chip: Chip, op: Op) -> list:
         chip.command(t, Command.LOAD_LDPU, wait=False)
         _wait(chip, t)
     elif op.kind in ("calibrate", "verify"):
-        command, arg = (Command.CALIBRATE, a["k"]) if op.kind == "calibrate" else (Command.VERIFY_ROW, a["row"])
+        if op.kind == "calibrate":
+            command, arg = Command.CALIBRATE, a["k"]
+        else:
+            command, arg = Command.VERIFY_ROW, a["row"]
         chip.command(t, command, arg, wait=False)
         _wait(chip, t)
         if not chip.status(t).error:
@@ -197,7 +202,7 @@ def run_op(chip: Chip, op: Op) -> list:
             out = chip.transport.receive(n)
         intruder = a["intruder"]
         chip.write("CMD", getattr(intruder, "value", intruder), t)
-        out.append(np.array(snapshot(chip), dtype=object))
+        out.append(snapshot(chip))
         chip.command(t, Command.ABORT, wait=False)
         _wait(chip, t)
     elif op.kind == "bad_window":
