@@ -36,12 +36,65 @@ def cmd_mvm(args: argparse.Namespace) -> int:
     result = random_mvm(args.backend, mode=args.mode, rows=args.rows, cols=args.cols,
                         count=args.count, seed=args.seed, preset=args.preset,
                         waves=args.waves or False, progress=None if args.json else _progress)
+    _emit(result, args.json)
+    return 0
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:>18}: {value}")
+
+
+def cmd_characterize(args: argparse.Namespace) -> int:
+    from pcmhil.model.characterize import characterize, plot_characterization
+
+    if not args.json:
+        _progress(f"programming {args.devices} devices per target of preset {args.preset} ...")
+    result = characterize(args.preset, devices=args.devices, seed=args.seed)
+    if args.plot:
+        plot_characterization(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"preset {result['preset']}: g_max {result['g_max_us']} uS, t0 {result['t0_s']} s")
+    print(f"{'x':>6} {'prog_sigma_us':>14} {'nu_mean':>9} {'nu_std':>9}")
+    for p in result["points"]:
+        print(f"{p['x']:>6} {p['prog_sigma_us']:>14.4f} {p['nu_mean']:>9.4f} {p['nu_std']:>9.4f}")
+    print(f"{'x':>6} {'t_s':>10} {'G(t)/G0':>9} {'1/f sigma rel':>14}")
+    for d in result["drift"]:
+        print(f"{d['x']:>6} {d['t_s']:>10.0f} {d['g_ratio_mean']:>9.4f} {d['read_sigma_rel']:>14.5f}")
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from pcmhil.model.bench import bench_model
+
+    result = bench_model(rows=args.rows, cols=args.cols, batch=args.batch, seed=args.seed,
+                         progress=None if args.json else _progress)
+    _emit(result, args.json)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pcmhil.interface import Geometry
+    from pcmhil.rtl.export import export_verilog
+
+    geometry = Geometry(args.rows, args.cols, args.tiles)
+    result = export_verilog(geometry, args.out)
+    report = result.pop("lint_report")
     if args.json:
         print(json.dumps(result))
     else:
-        for key, value in result.items():
-            print(f"{key:>13}: {value}")
-    return 0
+        print("\n".join(result["files"]))
+        print(f"verilator --lint-only -Wall: {'clean' if result['lint_ok'] else 'FAILED'}")
+        if not result["lint_ok"]:
+            print(report)
+    return 0 if result["lint_ok"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +124,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cosim: write an FST waveform into DIR (default ./waves)")
     mvm.add_argument("--json", action="store_true")
     mvm.set_defaults(func=cmd_mvm)
+    device = sub.add_parser("device", help="PCM device statistics").add_subparsers(
+        dest="device_command", required=True, metavar="SUBCOMMAND")
+    char = device.add_parser("characterize", help="program and age N devices, measure statistics")
+    char.add_argument("--preset", required=True)
+    char.add_argument("--devices", type=int, default=65536)
+    char.add_argument("--seed", type=int, default=0)
+    char.add_argument("--json", action="store_true")
+    char.add_argument("--plot", metavar="FILE.png")
+    char.set_defaults(func=cmd_characterize)
+
+    bench = sub.add_parser("bench", help="benchmarks, measured side by side in one run").add_subparsers(
+        dest="bench_command", required=True, metavar="SUBCOMMAND")
+    bmodel = bench.add_parser("model", help="analog model MVM time vs a numpy float matmul")
+    bmodel.add_argument("--rows", type=int, default=256)
+    bmodel.add_argument("--cols", type=int, default=256)
+    bmodel.add_argument("--batch", type=int, default=1000)
+    bmodel.add_argument("--seed", type=int, default=0)
+    bmodel.add_argument("--json", action="store_true")
+    bmodel.set_defaults(func=cmd_bench_model)
+
+    export = sub.add_parser("export", help="write the chip top as Verilog and lint it")
+    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--rows", type=int, default=256)
+    export.add_argument("--cols", type=int, default=256)
+    export.add_argument("--tiles", type=int, default=1)
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -1,0 +1,55 @@
+"""The command line: JSON layouts and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pcmhil.host.cli import main
+
+
+def run_json(capsys, *argv) -> dict:
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_device_characterize_json_and_plot(capsys, tmp_path):
+    plot = tmp_path / "char.png"
+    result = run_json(capsys, "device", "characterize", "--preset", "hermes-2dev", "--devices", "4096",
+                      "--seed", "2", "--json", "--plot", str(plot))
+    assert set(result) == {"preset", "g_max_us", "t0_s", "points", "drift"}
+    assert result["preset"] == "hermes-2dev" and result["g_max_us"] == 20.7 and result["t0_s"] == 300.0
+    assert [p["x"] for p in result["points"]] == [0.05, 0.1, 0.25, 0.5, 0.75, 1.0]
+    assert all(set(p) == {"x", "prog_sigma_us", "nu_mean", "nu_std"} for p in result["points"])
+    assert len(result["drift"]) == 24
+    assert {d["t_s"] for d in result["drift"]} == {1.0, 3600.0, 86400.0, 365 * 86400.0}
+    assert plot.stat().st_size > 10_000
+
+
+def test_unknown_preset_is_one_clear_error(capsys):
+    assert main(["device", "characterize", "--preset", "nope", "--devices", "16"]) == 2
+    assert "preset must be one of" in capsys.readouterr().err
+
+
+def test_mvm_twin_json(capsys):
+    result = run_json(capsys, "mvm", "--backend", "twin", "--rows", "16", "--cols", "8",
+                      "--count", "5", "--seed", "3", "--json")
+    assert set(result) == {"backend", "mode", "rows", "cols", "count", "seconds", "mvm_per_s",
+                           "codes_sha256"}
+    again = run_json(capsys, "mvm", "--backend", "twin", "--rows", "16", "--cols", "8",
+                     "--count", "5", "--seed", "3", "--json")
+    assert again["codes_sha256"] == result["codes_sha256"]
+    other = run_json(capsys, "mvm", "--backend", "twin", "--rows", "16", "--cols", "8",
+                     "--count", "5", "--seed", "4", "--json")
+    assert other["codes_sha256"] != result["codes_sha256"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mvm", "--rows", "6"], "rows must be an integer multiple of 4"),
+    (["mvm", "--count", "0"], "count must be an integer >= 1"),
+    (["mvm", "--preset", "bogus", "--rows", "8", "--cols", "8"], "preset must be one of"),
+])
+def test_mvm_bad_arguments(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
