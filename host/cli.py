@@ -23,11 +23,55 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    # The inference demo arrives with the host driver (issue 6); until then the main job is to
-    # prove the toolchain, and it says so.
-    print("pcmhil demo: the DNN inference demo is not built yet; running `pcmhil doctor` instead.",
-          file=sys.stderr)
-    return cmd_doctor(args)
+    from pcmhil.host.demo import format_demo, run_demo
+
+    result = run_demo(progress=(lambda _m: None) if args.json else _progress, images=args.images,
+                      mode=args.mode)
+    print(json.dumps(result) if args.json else format_demo(result))
+    return 0 if result["all_layers_equal"] else 1
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from pcmhil.host.evaluate import infer
+
+    result = infer(args.model, args.data, args.backend, images=args.images, preset=args.preset,
+                   t_inference_s=args.t_inference, gdc=args.gdc, seed=args.seed, mode=args.mode,
+                   verify=args.verify, progress=None if args.json else _progress)
+    _emit(result, args.json)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from pcmhil.host.evaluate import drift, plot_drift
+
+    times = [float(t) for t in args.times.split(",")]
+    gdc = (args.gdc,) if args.gdc is not None else (False, True)
+    models = [args.model] + ([args.contrast] if args.contrast else [])
+    results = [drift(m, args.data, times_s=times, seeds=args.seeds, preset=args.preset, gdc=gdc,
+                     images=args.images, backend=args.backend,
+                     progress=None if args.json else _progress) for m in models]
+    if args.plot:
+        plot_drift(results, args.plot)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else {"runs": results}))
+    else:
+        for result in results:
+            print(f"{result['model']} ({result['preset']}, {result['seeds']} seeds, float "
+                  f"{100 * result['float_accuracy']:.2f} %)")
+            for r in result["results"]:
+                print(f"  t = {r['t_s']:>10g} s  {'GDC   ' if r['gdc'] else 'no GDC'}  "
+                      f"{100 * r['accuracy_mean']:6.2f} +- {100 * r['accuracy_std']:.2f} %")
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pcmhil.host.training import train
+
+    record = train(args.model, args.hwa_noise, args.epochs, args.seed, args.out)
+    _emit(record, args.json)
+    return 0
 
 
 def cmd_mvm(args: argparse.Namespace) -> int:
@@ -108,9 +152,52 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
     doctor.set_defaults(func=cmd_doctor)
 
-    demo = sub.add_parser("demo", help="the main job on the built-in default")
+    demo = sub.add_parser("demo", help="the default MLP through the co-simulated chip vs. the twin")
+    demo.add_argument("--images", type=int, default=120)
+    demo.add_argument("--mode", choices=("transaction", "cycle"), default="transaction")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(func=cmd_demo)
+
+    infer = sub.add_parser("infer", help="accuracy of a network run through a backend")
+    infer.add_argument("--model", required=True, help="shipped name, FILE.onnx, FILE.pt or FILE.npz")
+    infer.add_argument("--data", default="digits", help="digits, mnist1d or FILE.npz (keys x, y)")
+    infer.add_argument("--backend", choices=("float", "twin", "cosim"), default="twin")
+    infer.add_argument("--mode", choices=("transaction", "cycle"), default="transaction")
+    infer.add_argument("--images", type=int)
+    infer.add_argument("--preset", default="pcm")
+    infer.add_argument("--t-inference", type=float, default=1.0, metavar="SECONDS")
+    infer.add_argument("--gdc", action=argparse.BooleanOptionalAction, default=True,
+                       help="global drift compensation")
+    infer.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                       help="program-and-verify (else one-shot programming)")
+    infer.add_argument("--seed", type=int, default=0)
+    infer.add_argument("--json", action="store_true")
+    infer.set_defaults(func=cmd_infer)
+
+    drift = sub.add_parser("drift", help="accuracy vs. time after programming, over seeds")
+    drift.add_argument("--model", required=True)
+    drift.add_argument("--contrast", help="a second model on the same plot (e.g. digits-mlp-nohwa)")
+    drift.add_argument("--data", default="digits")
+    drift.add_argument("--backend", choices=("twin", "cosim"), default="twin")
+    drift.add_argument("--times", default="1,3600,86400,2592000,31536000")
+    drift.add_argument("--seeds", type=int, default=3)
+    drift.add_argument("--images", type=int)
+    drift.add_argument("--preset", default="pcm")
+    drift.add_argument("--gdc", action=argparse.BooleanOptionalAction, default=None,
+                       help="only with (--gdc) or only without (--no-gdc); default both")
+    drift.add_argument("--json", action="store_true")
+    drift.add_argument("--plot", metavar="FILE.png")
+    drift.set_defaults(func=cmd_drift)
+
+    train = sub.add_parser("train", help="hardware-aware training (needs the torch extra)")
+    train.add_argument("--model", required=True, choices=("digits-mlp", "digits-mlp-300",
+                                                           "digits-cnn", "mnist1d-cnn"))
+    train.add_argument("--hwa-noise", type=float, help="weight noise relative to max |w|")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, metavar="DIR")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(func=cmd_train)
     mvm = sub.add_parser("mvm", help="program a random matrix, run random MVMs, hash the codes")
     mvm.add_argument("--backend", choices=("twin", "cosim"), default="twin")
     mvm.add_argument("--mode", choices=("transaction", "cycle"), default="transaction",

@@ -230,6 +230,13 @@ class Deployment:
             self._load_final(tile)
         return factors
 
+    def reset_drift_compensation(self) -> None:
+        """Back to the LDPU gains of calibration time (drift factor 1 on every tile)."""
+        for tile, state in enumerate(self.tiles):
+            if state.reference is not None and state.drift_factor != 1.0:
+                state.drift_factor = 1.0
+                self._load_final(tile)
+
     # ---- execution -------------------------------------------------------------------------
 
     def run(self, x: np.ndarray, trace: bool = False):
