@@ -94,7 +94,7 @@ class BoundaryPorts:
             n_cycles = int(self.port("win_cycles").value)
             counts = analog().windows(durations[None], negative[None], np.array([select]), n_cycles)[0]
             lane_max = (1 << CCO_COUNT_LANE_BITS) - 1
-            self.write_words("cco_count", lanes_to_words(np.minimum(counts, lane_max)[:cols],
+            self.write_words("cco_count", lanes_to_words(np.clip(counts, 0, lane_max)[:cols],
                                                          CCO_COUNT_LANE_BITS, lay.count_words))
 
     async def _serve_cycles(self, analog) -> None:

@@ -103,6 +103,7 @@ class CosimHarness(wiring.Component):
         count = Signal.like(self.dma_in_count)
         index = Signal.like(self.dma_in_count)  # beat presented (or about to be)
         valid = Signal()
+        running = Signal()  # from the go edge until the chip accepted the last beat
         accept = valid & chip.s_axis_tready
         next_index = Signal.like(index)
         m.d.comb += [
@@ -111,14 +112,17 @@ class CosimHarness(wiring.Component):
             chip.s_axis_tdata.eq(read.data[:BUS_DATA_BITS]),
             chip.s_axis_tlast.eq(read.data[BUS_DATA_BITS]),
             chip.s_axis_tvalid.eq(valid),
-            self.dma_in_busy.eq(valid | self.dma_in_go),
+            self.dma_in_busy.eq(running),
             self.dma_in_sent.eq(index),
         ]
         with m.If(self.dma_in_go):
-            m.d.sync += [count.eq(self.dma_in_count), index.eq(0), valid.eq(0)]
+            m.d.sync += [count.eq(self.dma_in_count), index.eq(0), valid.eq(0),
+                         running.eq(self.dma_in_count != 0)]
             m.d.comb += read.addr.eq(0)
         with m.Else():
             m.d.sync += [index.eq(next_index), valid.eq(next_index < count)]
+            with m.If(next_index == count):
+                m.d.sync += running.eq(0)
 
     def _dma_out(self, m: Module, chip) -> None:
         """Capture m_axis beats into the dma_out ring; back-pressure when the ring is full."""

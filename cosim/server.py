@@ -28,6 +28,8 @@ CONFIG_ENV = "PCMHIL_COSIM_CONFIG"
 #: simulated time, never the numbers.
 CLK_PERIOD_NS = 1
 LAST_BIT = 1 << (BEAT_BITS - 1)
+#: An AXI4-Lite access of the register file takes a few cycles; this many means a hung bus.
+CSR_CYCLE_LIMIT = 1000
 
 
 class NoProgress(Exception):
@@ -93,17 +95,17 @@ class Server:
         dut.csr_go.value = 1
         await RisingEdge(dut.clk)
         dut.csr_go.value = 0
-        await self._until(lambda: int(dut.csr_done.value), 10_000,
-                          f"AXI4-Lite {'write' if write else 'read'} of {address:#06x}")
-        return int(dut.csr_rdata.value), int(dut.csr_resp.value)
-
-    async def _until(self, predicate, max_cycles: int, what: str) -> None:
+        # Sample mid-cycle: right after the edge that took csr_go, csr_done still shows the
+        # previous access's value.
         waited = 0
-        while not predicate():
-            await RisingEdge(self.dut.clk)
+        while True:
+            await FallingEdge(dut.clk)
+            if int(dut.csr_done.value):
+                return int(dut.csr_rdata.value), int(dut.csr_resp.value)
             waited += 1
-            if waited > max_cycles:
-                raise NoProgress(f"{what}: nothing happened in {max_cycles} cycles")
+            if waited > CSR_CYCLE_LIMIT:
+                raise NoProgress(f"AXI4-Lite {'write' if write else 'read'} of {address:#06x}: "
+                                 f"no response in {CSR_CYCLE_LIMIT} cycles")
 
     # ---- streams -----------------------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class Server:
             dut.dma_in_go.value = 1
             await RisingEdge(dut.clk)
             dut.dma_in_go.value = 0
+            await FallingEdge(dut.clk)  # busy is set by the go edge; sample it mid-cycle
             waited = 0
             while int(dut.dma_in_busy.value):
                 self.drain()

@@ -238,7 +238,7 @@ class TwinTile:
             r = self.regs
             r["STATUS", "saturated"] = 1
             r["SATURATION_COUNT", "count"] = (r["SATURATION_COUNT", "count"] + saturated) & 0xFFFFFFFF
-        return np.minimum(counts, COUNTER_MAX)
+        return np.clip(counts, 0, COUNTER_MAX)
 
     def _verify(self, row: int) -> None:
         durations = np.zeros((2, self.geometry.rows), dtype=np.int64)

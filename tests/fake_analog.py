@@ -32,7 +32,8 @@ class FakeAnalogTile:
         signed = np.where(negative, -durations, durations)
         counts = np.stack([signed[b] @ self.weights(select[b]) for b in range(len(durations))])
         self.operations += len(durations)
-        return counts + self.offset_per_cycle * n_cycles
+        # a CCO never counts below zero
+        return np.maximum(counts + self.offset_per_cycle * n_cycles, 0)
 
     def program_row(self, row, plus, minus, mode):
         self.programmed.append((row, np.array(plus), np.array(minus), ProgramMode(mode)))
