@@ -1,0 +1,120 @@
+"""The co-simulation: the RTL in Verilator under cocotb, bound to an analog model, behind the
+same Transport as the twin. Equivalence with the twin, and failure handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcmhil.cosim.transport import CosimTransport
+from pcmhil.errors import SimulationError
+from pcmhil.host.chip import Chip
+from pcmhil.host.equivalence import compare, random_workload, run_workload
+from pcmhil.host.twin import TwinTransport
+from pcmhil.interface import Geometry
+from pcmhil.model.analog_tile import AnalogSpec
+
+pytestmark = pytest.mark.cosim
+TESTS = Path(__file__).resolve().parent
+FAKE = AnalogSpec("fake_analog:make_fake_tiles", {"seed": 5})
+
+
+def open_cosim(geometry, spec=FAKE, **kwargs):
+    return CosimTransport(geometry, spec, python_path=[TESTS], **kwargs)
+
+
+def test_fake_analog_workloads_match_the_twin():
+    """The digital periphery alone: with an exact integer analog stand-in, every output code and
+    register of random workloads (valid and invalid operations) equals the twin's."""
+    geometry = Geometry(8, 12, 2)
+    with open_cosim(geometry) as cosim:
+        for seed in range(3):
+            workload = random_workload(geometry, seed, n_ops=20)
+            spec = AnalogSpec(FAKE.factory, {"seed": seed})
+            cosim.reset(spec)
+            got = run_workload(Chip(cosim, geometry), workload)
+            want = run_workload(Chip(TwinTransport(geometry, spec), geometry), workload)
+            assert compare(got, want) == []
+
+
+#: CI subset of the equivalence regression (the full >= 1,000-workload run is marked slow).
+PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
+
+
+@pytest.mark.parametrize("mode", ["transaction", "cycle"])
+def test_model_workloads_match_the_twin(mode):
+    """The whole chip: RTL + analog model (both fidelity modes) vs. the twin, code for code."""
+    geometry = Geometry(8, 12, 2)
+    with open_cosim(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
+        for seed in range(4):
+            spec = AnalogSpec(kwargs={"preset": PRESETS[seed % len(PRESETS)], "seed": seed})
+            workload = random_workload(geometry, 100 + seed, n_ops=24)
+            cosim.reset(spec)
+            got = run_workload(Chip(cosim, geometry), workload)
+            want = run_workload(Chip(TwinTransport(geometry, spec), geometry), workload)
+            assert compare(got, want) == [], f"seed {seed}"
+
+
+def test_mvm_codes_identical_on_every_backend_and_mode():
+    from pcmhil.host.random_mvm import random_mvm
+
+    hashes = {(backend, mode): random_mvm(backend, mode=mode, rows=32, cols=16, count=12, seed=1,
+                                          preset="hermes-2dev")["codes_sha256"]
+              for backend, mode in (("twin", "transaction"), ("cosim", "transaction"),
+                                    ("cosim", "cycle"))}
+    assert len(set(hashes.values())) == 1, hashes
+
+
+def test_killed_simulation_is_reported_within_ten_seconds():
+    geometry = Geometry(8, 8, 1)
+    cosim = open_cosim(geometry)
+    try:
+        chip = Chip(cosim, geometry)
+        chip.calibrate(0, 0)
+        os.killpg(cosim.process.popen.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(SimulationError, match=r"co-simulation process (died|exited).*calibrate|"
+                                                  r"co-simulation process (died|exited)"):
+            chip.calibrate(0, 0)
+        assert time.monotonic() - start < 10
+    finally:
+        cosim.close()
+
+
+def test_frozen_simulation_is_killed_and_reported():
+    geometry = Geometry(8, 8, 1)
+    cosim = open_cosim(geometry, request_timeout_s=3)
+    try:
+        os.killpg(cosim.process.popen.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(SimulationError, match=r"did not answer read of 0x0000 within 3 s"):
+            cosim.read(0)
+        assert time.monotonic() - start < 10
+    finally:
+        cosim.close()
+
+
+def test_stuck_chip_reports_state_and_link_survives():
+    geometry = Geometry(8, 8, 1)
+    with open_cosim(geometry, cycle_budget=20_000) as cosim:
+        chip = Chip(cosim, geometry)
+        chip.command(0, chip_command("MVM"), 1, wait=False)
+        with pytest.raises(SimulationError,
+                           match=r"stopped making progress during receive of 1 packets.*"
+                                 r"tile 0: STATUS=0x0000010[0-9a-f] "):
+            cosim.receive(1)
+        chip.abort(0)
+        assert chip.status(0).error_code == 0x08  # ABORTED: the link still works
+        y = chip.mvm(0, np.zeros((2, 8), dtype=np.int8))
+        assert y.shape == (2, 8)
+
+
+def chip_command(name):
+    from pcmhil.interface import Command
+
+    return Command[name]

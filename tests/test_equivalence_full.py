@@ -1,0 +1,39 @@
+"""The full equivalence regression: >= 1,000 random workloads on random geometries, both
+fidelity modes, every preset; zero mismatches is the only pass. Long: marked slow.
+(The CI subset is in tests/test_cosim.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pcmhil.cosim.transport import CosimTransport
+from pcmhil.host.chip import Chip
+from pcmhil.host.equivalence import compare, random_workload, run_workload
+from pcmhil.host.twin import TwinTransport
+from pcmhil.interface import Geometry
+from pcmhil.model.analog_tile import AnalogSpec
+
+pytestmark = [pytest.mark.cosim, pytest.mark.slow]
+PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
+#: Geometries drawn once (each one is a Verilator build); workloads per geometry and mode.
+GEOMETRY_SEED, GEOMETRIES, WORKLOADS = 2026, 5, 100
+
+
+def random_geometries():
+    rng = np.random.default_rng(GEOMETRY_SEED)
+    return [Geometry(int(rng.integers(1, 17)) * 4, int(rng.integers(1, 17)) * 4, int(rng.integers(1, 4)))
+            for _ in range(GEOMETRIES)]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "cycle"])
+@pytest.mark.parametrize("geometry", random_geometries(), ids=str)
+def test_thousand_workloads(geometry, mode):
+    with CosimTransport(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
+        for k in range(WORKLOADS):
+            spec = AnalogSpec(kwargs={"preset": PRESETS[k % len(PRESETS)], "seed": k})
+            workload = random_workload(geometry, 10_000 + k, n_ops=20)
+            cosim.reset(spec)
+            got = run_workload(Chip(cosim, geometry), workload)
+            want = run_workload(Chip(TwinTransport(geometry, spec), geometry), workload)
+            assert compare(got, want) == [], f"workload {k} on {geometry} in {mode} mode"
