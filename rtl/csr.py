@@ -69,6 +69,8 @@ class RegisterFile(wiring.Component):
             m.d.sync += bus.r_data.eq(read_data)
 
         for reg in self.registers:
+            if not reg.writable:
+                continue  # writes to it are answered SLVERR by the AXI4-Lite slave
             hit = Signal(name=f"{reg.name.lower()}_write")
             m.d.comb += hit.eq(bus.w_stb & (bus.addr == reg.offset))
             for f in reg.fields:

@@ -10,11 +10,11 @@ from amaranth.lib.wiring import In, Out
 from pcmhil.interface import (
     BOUNDARY_WORD_BITS,
     BUS_DATA_BITS,
+    WINDOW_BITS,
     BoundaryLayout,
     DeviceSelect,
     Geometry,
     ProgramMode,
-    WINDOW_BITS,
 )
 
 #: One beat of a packet stream: 32 data bits and the end-of-packet flag.
@@ -38,9 +38,9 @@ class CSRBus(wiring.Signature):
     register table (pcmhil.interface.RegisterMap), so the bus itself has no error signal.
     """
 
-    def __init__(self):
+    def __init__(self, addr_bits: int = CSR_ADDR_BITS):
         super().__init__({
-            "addr": Out(CSR_ADDR_BITS),
+            "addr": Out(addr_bits),
             "r_stb": Out(1),
             "r_data": In(BUS_DATA_BITS),
             "w_stb": Out(1),

@@ -17,7 +17,7 @@ from pcmhil.model.analog_tile import AnalogSpec
 pytestmark = [pytest.mark.cosim, pytest.mark.slow]
 PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
 #: Geometries drawn once (each one is a Verilator build); workloads per geometry and mode.
-GEOMETRY_SEED, GEOMETRIES, WORKLOADS = 2026, 5, 100
+GEOMETRY_SEED, GEOMETRIES, WORKLOADS = 2026, 5, 200
 
 
 def random_geometries():
