@@ -110,6 +110,7 @@ def test_stuck_chip_reports_state_and_link_survives():
             cosim.receive(1)
         chip.abort(0)
         assert chip.status(0).error_code == 0x08  # ABORTED: the link still works
+        chip.clear_flags(0)
         y = chip.mvm(0, np.zeros((2, 8), dtype=np.int8))
         assert y.shape == (2, 8)
 
