@@ -37,7 +37,8 @@ def test_small_tiles_split_everything():
 
 
 def test_model_larger_than_the_chip_is_refused_with_numbers():
-    with pytest.raises(ConfigError, match=r"must fit in 2 tiles of 16x16, not need \d+: its MVM layers hold 22200 weights"):
+    expected = r"must fit in 2 tiles of 16x16, not need \d+: its MVM layers hold 22200 weights"
+    with pytest.raises(ConfigError, match=expected):
         map_graph(load_model("digits-mlp-300"), rows=16, cols=16, max_tiles=2)
 
 
