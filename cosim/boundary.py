@@ -92,6 +92,8 @@ class BoundaryPorts:
             negative = words_to_bits(self.words("drive_neg", lay.drive_words), rows)
             select = int(self.port("win_select").value)
             n_cycles = int(self.port("win_cycles").value)
+            if int(self.port("win_full").value):  # VERIFY_ROW: conducting rows stay on all window
+                durations = np.where(durations > 0, n_cycles, 0)
             counts = analog().windows(durations[None], negative[None], np.array([select]), n_cycles)[0]
             lane_max = (1 << CCO_COUNT_LANE_BITS) - 1
             self.write_words("cco_count", lanes_to_words(np.clip(counts, 0, lane_max)[:cols],

@@ -5,9 +5,11 @@ chips (REFERENCE.md: iterative program-and-verify, < 3 % mean weight error): PRO
 target codes, then repeatedly VERIFY_ROW (the row's G+ and G- read through the column ADCs)
 and PROGRAM_ROW in pulse mode with partial SET/RESET pulses aimed at the target.
 
-The verify read integrates over a long window (VERIFY_WINDOW cycles): a single device is a
-small current for an ADC sized for a whole column, and the count resolution grows with the
-integration time. Counts are converted to target-code units with the column's zero-input
+The verify read integrates over a long window (VERIFY_WINDOW cycles, the selected row conducting
+throughout): a single device is a small current for an ADC sized for a whole column, and the
+count resolution grows with the integration time. The window is as long as the 12-bit counters
+allow with the CCO's offset rate (1.5 pulses/cycle) plus a full-scale device current.
+Counts are converted to target-code units with the column's zero-input
 offset (CALIBRATE) and a per-column gain estimated from the first read (the median of
 count / target over the column's programmed devices: the one-shot programming error is zero
 mean, and gain mismatch between columns is what the estimate removes).
@@ -22,12 +24,12 @@ import numpy as np
 
 from pcmhil.errors import ConfigError
 from pcmhil.host.chip import Chip
-from pcmhil.interface import WINDOW_BITS, ProgramMode
+from pcmhil.interface import ProgramMode
 
 CODE_MAX = 255
 PULSE_MAX = 127
-#: Verify integration window (cycles): the longest the WINDOW register holds.
-VERIFY_WINDOW = 2**WINDOW_BITS - 1
+#: Verify integration window (cycles); see the module docstring.
+VERIFY_WINDOW = 2048
 #: Devices with targets at least this large set a column's gain estimate.
 GAIN_REFERENCE_MIN_CODE = 64
 
@@ -107,7 +109,7 @@ def column_gains(counts: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def program_and_verify(chip: Chip, tile: int, plus: np.ndarray, minus: np.ndarray, *,
-                       tolerance_codes: float = 2.5, max_iterations: int = 8,
+                       tolerance_codes: float = 2.5, max_iterations: int = 4,
                        aim: PulseAim = PulseAim(), progress=None) -> ProgramReport:
     """Program the tile to target codes [rows, cols] (per polarity) with closed-loop tuning."""
     g = chip.geometry
@@ -119,9 +121,14 @@ def program_and_verify(chip: Chip, tile: int, plus: np.ndarray, minus: np.ndarra
     chip.write("WINDOW", VERIFY_WINDOW, tile)
     try:
         offsets = chip.calibrate(tile, 2).astype(np.float64)
-        counts = _verify(chip, tile, offsets, range(g.rows))
-        gains = column_gains(counts, targets)
-        estimate = counts / gains[None, :, None]
+        # Rows whose every target is 0 hold no weight (mapper padding): one-shot is enough.
+        used = np.flatnonzero(targets.any(axis=(1, 2)))
+        counts = np.zeros(targets.shape)
+        counts[used] = _verify(chip, tile, offsets, used)
+        gains = column_gains(counts[used], targets[used])
+        estimate = np.where(targets.any(axis=(1, 2))[:, None, None], counts / gains[None, :, None], targets)
+        # A verify read cannot resolve less than a count: never aim tighter than 1.5 counts.
+        tolerance_codes = max(tolerance_codes, 1.5 / float(np.median(gains)))
         iterations = np.zeros(targets.shape, dtype=np.int64)
         passes = 1
         for _ in range(max_iterations):

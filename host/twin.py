@@ -26,7 +26,6 @@ from pcmhil.interface import (
     OUTPUT_MAX,
     OUTPUT_MIN,
     PWM_MAX_CYCLES,
-    VERIFY_DRIVE_CYCLES,
     Activation,
     Command,
     CommandWord,
@@ -242,7 +241,7 @@ class TwinTile:
 
     def _verify(self, row: int) -> None:
         durations = np.zeros((2, self.geometry.rows), dtype=np.int64)
-        durations[:, row] = VERIFY_DRIVE_CYCLES
+        durations[:, row] = self.window  # full windows: the row conducts for all W cycles
         select = np.array([DeviceSelect.PLUS.value, DeviceSelect.MINUS.value])
         counts = self._counts(durations, np.zeros_like(durations, dtype=bool), select)
         self.out.append(pk.pack_verify(counts[0], counts[1], self.index, row)[0])

@@ -38,8 +38,10 @@ INPUT_MIN, INPUT_MAX = -(2 ** (INPUT_BITS - 1)), 2 ** (INPUT_BITS - 1) - 1
 OUTPUT_MIN, OUTPUT_MAX = -(2 ** (OUTPUT_BITS - 1)), 2 ** (OUTPUT_BITS - 1) - 1
 #: Largest PWM duration in clock cycles: |INPUT_MIN| (one cycle per LSB of magnitude).
 PWM_MAX_CYCLES = 2 ** (INPUT_BITS - 1)
-#: VERIFY_ROW drives the selected row for this many cycles (a full-scale input).
-VERIFY_DRIVE_CYCLES = PWM_MAX_CYCLES
+#: VERIFY_ROW latches this magnitude on the selected row (a full-scale negative input) and runs
+#: "full" windows (win_full): every row with a non-zero magnitude conducts for the whole window,
+#: so a verify read integrates over all W cycles (resolution grows with the window).
+VERIFY_INPUT = -PWM_MAX_CYCLES
 
 #: ADC counter width per column (saturating). Window register width.
 COUNTER_BITS = 12

@@ -31,7 +31,7 @@ from pcmhil.interface import (
     INPUT_BITS,
     INPUT_MIN,
     PWM_MAX_CYCLES,
-    VERIFY_DRIVE_CYCLES,
+    VERIFY_INPUT,
     Activation,
     Command,
     DeviceSelect,
@@ -69,12 +69,13 @@ FOUR_PHASE_STEPS = [WindowStep.const({
     "drive": {"select": select, "positive": sign > 0, "negative": sign < 0, "bipolar": 0},
     "accumulate": 1, "subtract": combine < 0,
 }) for sign, select, combine in FOUR_PHASE_WINDOWS]
-# VERIFY_ROW latches the full-scale negative input -VERIFY_DRIVE_CYCLES on its row (0 elsewhere)
-# and drives only negative inputs, unipolar: d_row = VERIFY_DRIVE_CYCLES, every other d_i = 0.
-# The PLUS count is kept in the raw values, the MINUS count stays in the counters.
-assert -VERIFY_DRIVE_CYCLES == INPUT_MIN
+# VERIFY_ROW latches the full-scale negative input VERIFY_INPUT on its row (0 elsewhere) and
+# drives only negative inputs, unipolar, in full windows: the row conducts for all W cycles,
+# every other row not at all. The PLUS count is kept in the raw values, the MINUS count stays
+# in the counters.
+assert VERIFY_INPUT == INPUT_MIN
 VERIFY_STEPS = [WindowStep.const({
-    "drive": {"select": select, "positive": 0, "negative": 1, "bipolar": 0},
+    "drive": {"select": select, "positive": 0, "negative": 1, "bipolar": 0, "full": 1},
     "accumulate": select is DeviceSelect.PLUS, "subtract": 0,
 }) for select in (DeviceSelect.PLUS, DeviceSelect.MINUS)]
 

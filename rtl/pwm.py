@@ -34,6 +34,7 @@ class DriveWindow(data.Struct):
     positive: 1  # rows with x > 0 conduct for |x| cycles
     negative: 1  # rows with x < 0 conduct for |x| cycles
     bipolar: 1  # read polarity = input sign (1-phase); else every current is unipolar
+    full: 1  # VERIFY_ROW: a conducting row conducts for the whole window, not |x| cycles
 
 
 class WindowControl(wiring.Signature):
@@ -76,6 +77,7 @@ class PwmDriver(wiring.Component):
             "win_active": Out(1),
             "win_select": Out(DeviceSelect),
             "win_cycles": Out(WINDOW_BITS),
+            "win_full": Out(1),
             "drive_en": Out(BOUNDARY_WORD_BITS).array(lay.drive_words),
             "drive_neg": Out(BOUNDARY_WORD_BITS).array(lay.drive_words),
             "drive_mag": Out(BOUNDARY_WORD_BITS).array(lay.mag_words),
@@ -99,7 +101,8 @@ class PwmDriver(wiring.Component):
         # drive_en of the next cycle, c + 1 < d_i, registered so that it is stable for cycle c + 1.
         # With c < d_i known (en_i) and c rising by one, that is c + 1 != d_i: an equality per
         # row instead of a comparator. d_i <= PWM_MAX_CYCLES < 2**MAG_BITS, so the low bits do.
-        conducts_next = Cat(en[i] & (upcoming != d) for i, d in enumerate(durations))
+        # In a full window (VERIFY_ROW) a conducting row stays on until the window ends.
+        conducts_next = Cat(en[i] & (drive.full | (upcoming != d)) for i, d in enumerate(durations))
         boundary_words(m, self.drive_en, en)
         boundary_words(m, self.drive_neg, neg)
         boundary_words(m, self.drive_mag, mag)
@@ -114,6 +117,7 @@ class PwmDriver(wiring.Component):
                         drive.eq(control.drive),
                         self.win_select.eq(control.drive.select),
                         self.win_cycles.eq(control.cycles),
+                        self.win_full.eq(control.drive.full),
                     ]
                     m.next = "PREPARE"
             with m.State("PREPARE"):

@@ -67,6 +67,7 @@ class AnalogBoundary(wiring.Signature):
             "win_active": Out(1),
             "win_select": Out(DeviceSelect),
             "win_cycles": Out(WINDOW_BITS),
+            "win_full": Out(1),
             "drive_en": words(lay.drive_words, Out),
             "drive_neg": words(lay.drive_words, Out),
             "drive_mag": words(lay.mag_words, Out),

@@ -28,7 +28,8 @@ from pcmhil.rtl.tile_rx import TileRx
 from pcmhil.rtl.tile_tx import TileTx
 
 #: Boundary ports driven by the PWM driver, by the row programmer, and read by the counters.
-PWM_PORTS = ("win_start", "win_active", "win_select", "win_cycles", "drive_en", "drive_neg", "drive_mag")
+PWM_PORTS = ("win_start", "win_active", "win_select", "win_cycles", "win_full", "drive_en", "drive_neg",
+             "drive_mag")
 PROGRAM_PORTS = ("prog_valid", "prog_index", "prog_data", "prog_commit", "prog_row", "prog_mode")
 COUNTER_PORTS = ("cco_pulses", "cco_count", "boundary_mode")
 

@@ -29,7 +29,6 @@ from pcmhil.interface import (
     LDPU_GAIN_RESET,
     OUTPUT_MAX,
     OUTPUT_MIN,
-    VERIFY_DRIVE_CYCLES,
     WINDOW_RESET,
     CommandWord,
     DeviceSelect,
@@ -95,7 +94,10 @@ class FakeAnalog:
         rows = self.geometry.rows
         durations = bits_of_words([ctx.get(w) for w in analog.drive_mag], rows, 8)
         negative = bits_of_words([ctx.get(w) for w in analog.drive_neg], rows).astype(bool)
-        window = (ctx.get(analog.win_select).value, durations, negative, ctx.get(analog.win_cycles))
+        cycles = ctx.get(analog.win_cycles)
+        if ctx.get(analog.win_full):  # VERIFY_ROW: a conducting row is on for the whole window
+            durations = np.where(durations > 0, cycles, 0)
+        window = (ctx.get(analog.win_select).value, durations, negative, cycles)
         self.windows.append(window)
         return window
 
@@ -222,7 +224,7 @@ class TileReference:
 
     def verify(self, row: int, cycles: int) -> tuple[np.ndarray, np.ndarray]:
         durations = np.zeros(self.analog.geometry.rows, dtype=np.int64)
-        durations[row] = VERIFY_DRIVE_CYCLES
+        durations[row] = cycles  # full window
         no = np.zeros_like(durations, dtype=bool)
         return (self.window(durations, no, DeviceSelect.PLUS, cycles),
                 self.window(durations, no, DeviceSelect.MINUS, cycles))

@@ -1,5 +1,5 @@
 """A whole tile's non-MVM commands through its ports: VERIFY_ROW (two windows PLUS, MINUS with
-d_row = VERIFY_DRIVE_CYCLES, VERIFY_DATA layout), CALIBRATE (2^k windows, rounding, CALIB_DATA),
+d_row = W (full window), VERIFY_DATA layout), CALIBRATE (2^k windows, rounding, CALIB_DATA),
 PROGRAM_ROW (boundary words and commit), LOAD_LDPU (staging), and that each window is one analog
 operation in the order of numerics.md."""
 
@@ -14,7 +14,6 @@ from pcmhil.interface import (
     FOUR_PHASE_WINDOWS,
     INPUT_MAX,
     INPUT_MIN,
-    VERIFY_DRIVE_CYCLES,
     Command,
     DeviceSelect,
     Geometry,
@@ -68,7 +67,7 @@ def test_verify_calibrate_and_window_sequence(transaction):
     for (_, durations, negative, cycles), row in zip(fake.windows[:4], [0, 0, last_row, last_row],
                                                      strict=True):
         expected_durations = np.zeros(GEOMETRY.rows)
-        expected_durations[row] = VERIFY_DRIVE_CYCLES
+        expected_durations[row] = cycles
         np.testing.assert_array_equal(durations, expected_durations)
         assert not negative.any() and cycles == 128
     assert all(not w[1].any() and not w[2].any() for w in fake.windows[4:13])  # CALIBRATE: d = 0
