@@ -124,6 +124,15 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_cosim(args: argparse.Namespace) -> int:
+    from pcmhil.host.bench import bench_cosim
+
+    result = bench_cosim(rows=args.rows, cols=args.cols, count=args.count, cycle_count=args.cycle_count,
+                         progress=None if args.json else _progress)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pcmhil.interface import Geometry
     from pcmhil.rtl.export import export_verilog
@@ -230,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     bmodel.add_argument("--seed", type=int, default=0)
     bmodel.add_argument("--json", action="store_true")
     bmodel.set_defaults(func=cmd_bench_model)
+
+    bcosim = bench.add_parser("cosim", help="cosim MVM/s (both modes) vs. ceiling, twin and float matmul")
+    bcosim.add_argument("--rows", type=int, default=256)
+    bcosim.add_argument("--cols", type=int, default=256)
+    bcosim.add_argument("--count", type=int, default=300, help="transaction-mode MVMs")
+    bcosim.add_argument("--cycle-count", type=int, default=40, help="cycle-mode MVMs")
+    bcosim.add_argument("--json", action="store_true")
+    bcosim.set_defaults(func=cmd_bench_cosim)
 
     export = sub.add_parser("export", help="write the chip top as Verilog and lint it")
     export.add_argument("--out", required=True, metavar="DIR")

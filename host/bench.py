@@ -1,0 +1,100 @@
+"""`pcmhil bench cosim`: co-simulation speed, measured side by side in one run.
+
+At one geometry (default 256x256): cosim MVM/s in transaction and cycle mode, the ceiling (the
+same RTL clocked for the same number of cycles with no model and no bus traffic), the twin's
+MVM/s on a batch, and a plain numpy float matmul of that batch, with their ratios and where the
+cosim's wall time goes (Verilator clocking, bus/DMA Python, the analog model, the host link).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pcmhil.host.backends import open_transport
+from pcmhil.host.chip import Chip
+from pcmhil.host.random_mvm import GAIN, SHIFT
+from pcmhil.interface import WINDOW_RESET, Geometry
+from pcmhil.model.analog_tile import AnalogSpec
+
+
+def _programmed_chip(backend: str, geometry: Geometry, seed: int, preset: str, mode: str = "transaction",
+                     progress=None) -> Chip:
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-1, 1, (geometry.rows, geometry.cols))
+    transport = open_transport(backend, geometry, AnalogSpec(kwargs={"preset": preset, "seed": seed}),
+                               mode=mode, progress=progress)
+    chip = Chip(transport, geometry)
+    chip.program(0, np.rint(np.maximum(w, 0) * 255), np.rint(np.maximum(-w, 0) * 255))
+    chip.configure(0, window=WINDOW_RESET, shift=SHIFT)
+    chip.calibrate(0, 2)
+    chip.load_ldpu(0, np.full(geometry.cols, GAIN), np.zeros(geometry.cols, dtype=np.int64))
+    return chip
+
+
+def _cosim(geometry: Geometry, mode: str, count: int, seed: int, preset: str, progress) -> dict:
+    chip = _programmed_chip("cosim", geometry, seed, preset, mode, progress)
+    transport = chip.transport
+    try:
+        x = np.random.default_rng(seed + 1).integers(-128, 128, (count, geometry.rows))
+        chip.mvm(0, x[:2])  # warm up
+        before, cycles0 = transport.stats(), transport.simulated_cycles()
+        start = time.perf_counter()
+        chip.mvm(0, x)
+        wall = time.perf_counter() - start
+        after, cycles = transport.stats(), transport.simulated_cycles() - cycles0
+        clock_start = time.perf_counter()
+        transport.clock_only(cycles)
+        ceiling = time.perf_counter() - clock_start
+    finally:
+        transport.close()
+    handle = after["handle_s"] - before["handle_s"]
+    model = after["model_s"] - before["model_s"]
+    return {
+        "mvm_per_s": count / wall, "seconds": wall, "cycles_per_mvm": cycles / count,
+        "ceiling_mvm_per_s": count / ceiling,
+        "breakdown_s": {"verilator": ceiling, "model": model,
+                        "bus_and_dma_python": max(handle - model - ceiling, 0.0),
+                        "transport": max(wall - handle, 0.0)},
+    }
+
+
+def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count: int = 40,
+                batch: int = 1000, seed: int = 0, preset: str = "hermes-2dev", progress=None) -> dict:
+    say = progress or (lambda _m: None)
+    geometry = Geometry(rows, cols, 1)
+    say("twin: batch of MVMs")
+    twin = _programmed_chip("twin", geometry, seed, preset)
+    x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, rows))
+    twin.mvm(0, x[:10])
+    start = time.perf_counter()
+    twin.mvm(0, x)
+    twin_s = time.perf_counter() - start
+    xf, wf = x.astype(np.float64), np.random.default_rng(seed).standard_normal((rows, cols))
+    start = time.perf_counter()
+    for _ in range(5):
+        xf @ wf
+    matmul_s = (time.perf_counter() - start) / 5
+    say(f"cosim transaction mode: {count} MVMs")
+    transaction = _cosim(geometry, "transaction", count, seed, preset, say)
+    say(f"cosim cycle mode: {cycle_count} MVMs")
+    cycle = _cosim(geometry, "cycle", cycle_count, seed, preset, say)
+    twin_rate, float_rate = batch / twin_s, batch / matmul_s
+    return {
+        "rows": rows, "cols": cols, "preset": preset,
+        "cosim_transaction_mvm_per_s": round(transaction["mvm_per_s"], 1),
+        "cosim_cycle_mvm_per_s": round(cycle["mvm_per_s"], 1),
+        "ceiling_mvm_per_s": round(transaction["ceiling_mvm_per_s"], 1),
+        "cycles_per_mvm": round(transaction["cycles_per_mvm"], 1),
+        "twin_mvm_per_s": round(twin_rate, 1), "float_matmul_mvm_per_s": round(float_rate, 1),
+        "ratios": {
+            "transaction_vs_ceiling": round(transaction["mvm_per_s"] / transaction["ceiling_mvm_per_s"], 4),
+            "cycle_vs_transaction": round(cycle["mvm_per_s"] / transaction["mvm_per_s"], 4),
+            "twin_vs_transaction": round(twin_rate / transaction["mvm_per_s"], 1),
+            "float_vs_twin": round(float_rate / twin_rate, 2),
+        },
+        "breakdown_s": {"transaction": {k: round(v, 4) for k, v in transaction["breakdown_s"].items()},
+                        "cycle": {k: round(v, 4) for k, v in cycle["breakdown_s"].items()}},
+        "counts": {"transaction": count, "cycle": cycle_count, "twin_batch": batch},
+    }
