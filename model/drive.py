@@ -9,10 +9,11 @@ Row i conducts during cycles c = 0 .. d_i - 1 of the window. With W the integer 
 matrix of the select (conductance LSBs), the column current of cycle c is
 I_c[j] = sum_i [d_i > c] s_i W[i, j] and the charge of the window Q[j] = sum_i s_i d_i W[i, j].
 
-All values are integers, so a float64 BLAS matmul computes them exactly whatever its summation
-order, provided every partial sum stays below 2**53; `check_exact` enforces that bound from the
-geometry (rows x longest duration x largest |W|). Sums without durations (current bounds) use
-float32 where rows x largest |W| < 2**24, which is exact by the same argument.
+All values are integers, so a float64 BLAS matmul computes the charge exactly whatever its
+summation order, provided every partial sum stays below 2**53; `check_exact` enforces that bound
+from the geometry (rows x longest duration x largest |W|). The current bounds only need to be
+conservative: they are float32 matmuls (twice as fast) tested against limits shrunk by a proven
+rounding margin (`currents_may_leave`).
 """
 
 from __future__ import annotations
@@ -30,36 +31,61 @@ SELECTS = ("differential", "plus", "minus")
 #: Float64 represents every integer below this exactly.
 EXACT_FLOAT_LIMIT = 2**53
 
-
-#: float32 represents every integer below this exactly.
-EXACT_FLOAT32_LIMIT = 2**24
+#: Unit roundoff of float32 (round to nearest): every float32 operation is exact to this relative error.
+FLOAT32_UNIT = 2.0**-24
+#: Bands of the mixed-sign current test (`_band_test`): a cheap one on every window, a tighter
+#: one on the windows and columns that failed it; each band costs two float32 matmuls.
+_BAND_PLAN = (2, 4)
+#: A drive is dense when at least this fraction of (window, row) durations is nonzero (1-phase
+#: windows of signed inputs): its band test bounds U_0 by reach, one matmul fewer (`_band_test`).
+_DENSE_FRACTION = 0.95
+#: Elements of a matmul's left operand (windows x rows, times bands for the current bounds) per
+#: chunk of windows: bounds the memory of a batch (~2 MB per float32 array). Not smaller: with
+#: OpenBLAS's default two threads on a loaded machine every BLAS call may wait a scheduler slice
+#: for its second thread (`pcmhil bench model` at load ~2.4: 1,000 windows in 75-134 ms with
+#: chunks of 2**17, 12 BLAS calls, vs. 30-53 ms with 2**19, 5 calls), although single-threaded
+#: chunks of 2**17 would be ~1.5 ms faster (the operands stay in the CPU cache).
+_CHUNK_ELEMENTS = 2**19
 
 
 @dataclass(frozen=True)
 class SelectedConductance:
-    """The integer conductance matrix of one device select, in the forms the window needs.
+    """The integer conductance matrix of one device select, in every form a window needs, built
+    once per read state (the crossbar caches it), so that no window converts it again.
 
-    w_int: int64 (rows, cols); w: the same as float64 (exact); abs_max: max |w_int|.
-    w_bound, w_abs_bound: W and |W| in the dtype of the current-bound matmuls: float32 (twice
-    as fast) when every sum over rows stays below 2**24 and so is exact in float32, else float64.
+    w_int: int64 (rows, cols); w: the same as float64 (exact; the charge); abs_max: max |w_int|;
+    w32, w_abs32: W and |W| as float32 (the current bounds; rounded where |W| >= 2**24, which
+    their margin covers); reach: int64 (cols,) sum_i |W[i, j]|, a bound on |I_c[j]| of every
+    drive; sign: +1 if W >= 0 everywhere, -1 if W <= 0 everywhere, else 0 (the 4-phase selects
+    are +1).
     """
 
     w_int: np.ndarray
     w: np.ndarray
     abs_max: int
-    w_bound: np.ndarray
-    w_abs_bound: np.ndarray
+    w32: np.ndarray
+    w_abs32: np.ndarray
+    reach: np.ndarray
+    sign: int
 
     @classmethod
     def of(cls, w_int: np.ndarray) -> SelectedConductance:
-        abs_max = int(np.abs(w_int).max(initial=0))
-        exact32 = w_int.shape[0] * abs_max < EXACT_FLOAT32_LIMIT
-        w_bound = w_int.astype(np.float32 if exact32 else np.float64)
-        return cls(w_int, w_int.astype(np.float64), abs_max, w_bound, np.abs(w_bound))
+        w_abs = np.abs(w_int)
+        sign = 1 if w_int.min(initial=0) >= 0 else -1 if w_int.max(initial=0) <= 0 else 0
+        return cls(w_int, w_int.astype(np.float64), int(w_abs.max(initial=0)), w_int.astype(np.float32),
+                   w_abs.astype(np.float32), w_abs.sum(axis=0), sign)
 
     @property
     def rows(self) -> int:
         return self.w_int.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.w_int.shape[1]
+
+    def restricted(self, rows: np.ndarray) -> SelectedConductance:
+        """The same select with only the given rows (those a batch drives)."""
+        return SelectedConductance.of(self.w_int[rows])
 
 
 def check_select(select) -> str:
@@ -73,11 +99,11 @@ def check_drive(durations, polarity, rows: int, n_window_cycles: int | None,
     d = check_array("durations", durations, shape, "int")
     s = check_array("polarity", polarity, shape, "int")
     hi = np.iinfo(np.int64).max if n_window_cycles is None else n_window_cycles
-    check_within("durations", d, 0, hi, f"cycles (n_window_cycles = {n_window_cycles})"
-                 if n_window_cycles is not None else "cycles")
-    bad = np.abs(s) != 1
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
+    if d.size and (d.min() < 0 or d.max() > hi):  # two reductions; the full check names the element
+        check_within("durations", d, 0, hi, f"cycles (n_window_cycles = {n_window_cycles})"
+                     if n_window_cycles is not None else "cycles")
+    if s.size and (s.min() < -1 or s.max() > 1 or not s.all()):  # values in {-1, 1}, checked cheaply
+        index = tuple(int(i) for i in np.argwhere(np.abs(s) != 1)[0])
         raise ConfigError(f"polarity must be +1 or -1, not {s[index].item()!r} at index {index}")
     return np.atleast_2d(d), np.atleast_2d(s)
 
@@ -101,43 +127,180 @@ def check_exact(w: SelectedConductance, longest_cycles: int) -> None:
                           f"{bound!r}; use a larger conductance_lsb_us or shorter windows")
 
 
-def exact_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ w for integer-valued float64 operands known to be exact, as int64."""
-    return (x @ w).astype(np.int64)
-
-
-def integrated_charge(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Q[b, j] = sum_i s_i d_i W[i, j] (conductance LSB x cycles), int64 (B, cols)."""
+def integrated_charge(w: SelectedConductance, d: np.ndarray, s: np.ndarray,
+                      dtype: type = np.int64) -> np.ndarray:
+    """Q[b, j] = sum_i s_i d_i W[i, j] (conductance LSB x cycles), (B, cols): int64, or float64
+    holding the same exact integers (for a caller that goes on in float64)."""
     check_exact(w, int(d.max(initial=0)))
-    return exact_matmul(np.multiply(d, s, dtype=np.float64), w.w)
+    charge = np.empty((len(d), w.cols))
+    for chunk in _window_chunks(len(d), w.rows):
+        np.matmul(np.multiply(d[chunk], s[chunk], dtype=np.float64), w.w, out=charge[chunk])
+    return charge if dtype is np.float64 else charge.astype(dtype)
 
 
-def current_bounds(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_window_cycles: int,
-                   bands: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds lower <= I_c <= upper on the current of every cycle of each window, int64 (B, cols).
+def _window_chunks(windows: int, elements_per_window: int) -> list[slice]:
+    """Slices of at most _CHUNK_ELEMENTS // elements_per_window windows (at least one)."""
+    step = max(1, _CHUNK_ELEMENTS // max(elements_per_window, 1))
+    return [slice(b, b + step) for b in range(0, windows, step)]
 
-    The window's cycles are cut into `bands` bands (e_g, e_g+1], e_g = g n // bands. During
-    band g, rows with d > e_g+1 conduct throughout (their exact sum L_g), rows with
-    e_g < d <= e_g+1 (group g) conduct for part of it, all other rows not at all. So I_c lies
-    within L_g plus the sum of the negative, resp. positive, terms s_i W[i, j] of group g; idle
-    cycles have I_c = 0. Per group two matmuls give those sums: S = sum s_i W and T = sum |W|,
-    positive part (T + S) / 2, negative part (S - T) / 2 (exact: T + S is twice an integer).
-    More bands cost more matmuls and give tighter bounds: the positive part of one band
-    shrinks like 1 / bands, while a random-sign L_g grows only like the square root of its rows.
+
+def currents_may_leave(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_window_cycles: int,
+                       lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(window, column) index arrays of the pairs whose current I_c[j] may leave [lower_j,
+    upper_j] (int64 (cols,)) in some cycle; every other pair is proven inside. Conservative:
+    a pair listed in vain costs only time.
+
+    Cheapest test first: a column whose limits contain [-reach_j, reach_j] is inside for every
+    window. The other columns: when all terms s_i W[i, j] share one sign (4-phase windows) the
+    current moves monotonically from its cycle-0 value to 0, one matmul decides
+    (`_sign_definite_test`); else (1-phase windows, whose signed terms cancel) a band test with
+    2 bands on every window, then 4 on the (window, column) block that failed (`_band_test`).
+    Each test is a proof on its own, so a pair is listed only if every test failed it.
     """
     check_exact(w, n_window_cycles)
-    dtype = w.w_bound.dtype
-    group = (d * bands + n_window_cycles - 1) // n_window_cycles - 1  # -1: never conducts
-    member = group[None] == np.arange(bands)[:, None, None]  # (bands, B, rows)
-    flat = (bands * len(d), d.shape[1])  # one matmul for all bands: fewer BLAS calls
-    signed = ((member * s.astype(dtype)).reshape(flat) @ w.w_bound).reshape(bands, len(d), -1)
-    total_abs = (member.astype(dtype).reshape(flat) @ w.w_abs_bound).reshape(bands, len(d), -1)
-    upper, lower, longer = (np.zeros_like(signed[0]) for _ in range(3))
-    for g in reversed(range(bands)):
-        positive = total_abs[g] + signed[g]
-        positive *= 0.5
-        negative = signed[g] - positive  # (S - T) / 2 = S - (T + S) / 2
-        np.maximum(upper, np.add(positive, longer, out=positive), out=upper)
-        np.minimum(lower, np.add(negative, longer, out=negative), out=lower)
-        longer += signed[g]
-    return upper.astype(np.int64), lower.astype(np.int64)
+    cols = np.flatnonzero((upper < w.reach) | (lower > -w.reach))
+    sign = _terms_sign(w, d, s)
+    if sign:
+        failed = ~_sign_definite_test(w, d, s, sign, cols, lower, upper)
+        window, column = np.nonzero(failed) if failed.any() else _NO_PAIRS
+        return window, cols[column]
+    windows, failed = np.arange(len(d)), np.ones((len(d), len(cols)), dtype=bool)
+    dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
+    for level, bands in enumerate(_BAND_PLAN):
+        if not failed.any():
+            return _NO_PAIRS
+        if level:  # refine the block of windows and columns with a failed pair
+            in_window, in_col = failed.any(axis=1), failed.any(axis=0)
+            windows, cols, failed = windows[in_window], cols[in_col], failed[np.ix_(in_window, in_col)]
+        drive = (d, s) if len(windows) == len(d) else (d[windows], s[windows])
+        failed &= ~_band_test(w, *drive, n_window_cycles, bands, cols, lower, upper, dense)
+    window, column = np.nonzero(failed) if failed.any() else _NO_PAIRS
+    return windows[window], cols[column]
+
+
+_NO_PAIRS = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
+
+
+def _terms_sign(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> int:
+    """+1 or -1 if all terms s_i W[i, j] of the conducting rows have that sign (or are 0): W has
+    one sign and the conducting rows one polarity; else 0."""
+    if w.sign == 0:
+        return 0
+    if s.min(initial=1) == s.max(initial=1):  # the usual 4-phase drive: skip the masked test
+        return w.sign * int(s.flat[0]) if s.size else w.sign
+    conducting = d > 0
+    if not (conducting & (s < 0)).any():
+        return w.sign
+    return 0 if (conducting & (s > 0)).any() else -w.sign
+
+
+def _sign_definite_test(w: SelectedConductance, d: np.ndarray, s: np.ndarray, sign: int,
+                        cols: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(B, len(cols)) bool: True where the current, all of whose terms have the sign `sign`, is
+    proven within the limits.
+
+    Rows only switch off during a window, so sign * I_c falls from sign * C_0 (cycle 0, all
+    conducting rows) to 0 (the idle current) and stays inside iff C_0 and 0 are; 0 is an exact
+    integer test. A float32 sum of same-sign terms, in any order, is within gamma_R of its value
+    relatively (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., eq. 3.5;
+    gamma_R = R u / (1 - R u) <= 1.004 R u for R <= 2**16 rows, u = 2**-24), and rounding W
+    to float32 adds u: |C_0 - C_0 computed| <= (1.01 R + 1) u |C_0|. So sign * C_0 <= L (L = upper,
+    or -lower for negative terms) follows from the computed value <= L (1 - (2 R + 4) u),
+    rounded down to float32. A relative margin keeps idle windows (C_0 = 0) inside even when a
+    limit is 0 (a CCO without zero-current offset).
+    """
+    bound = upper[cols] if sign > 0 else -lower[cols]
+    zero_inside = (lower[cols] <= 0) & (upper[cols] >= 0)
+    limit = _float32_below(bound * (1.0 - (2 * w.rows + 4) * FLOAT32_UNIT))
+    w32 = w.w32 if len(cols) == w.cols else w.w32[:, cols]
+    passed = np.empty((len(d), len(cols)), dtype=bool)
+    for chunk in _window_chunks(len(d), w.rows):
+        start = np.multiply(d[chunk] > 0, s[chunk].astype(np.float32)) @ w32  # C_0
+        if sign < 0:
+            np.negative(start, out=start)
+        np.less_equal(start, limit, out=passed[chunk])
+    passed &= zero_inside
+    return passed
+
+
+def _band_test(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_window_cycles: int, bands: int,
+               cols: np.ndarray, lower: np.ndarray, upper: np.ndarray, dense: bool) -> np.ndarray:
+    """(B, len(cols)) bool: True where the band bound proves lower <= I_c <= upper for every c.
+
+    The window's cycles are cut into `bands` bands [e_g, e_g+1), e_g = g n // bands. Let C_g be
+    the current of cycle e_g (rows with d > e_g; C_bands = 0) and group g the rows with
+    e_g < d <= e_g+1. During band g the rows with d > e_g+1 conduct throughout (C_g+1) and a
+    subset of group g conducts, whose sum lies within the group's negative and positive parts
+    (S_g -+ T_g) / 2, S_g = C_g - C_g+1, T_g = sum over the group of |W| = U_g - U_g+1 (U_g: the
+    |W| sums of the rows with d > e_g). So 2 I_c lies within C_g + C_g+1 -+ T_g: the pair is
+    inside if max_g (C_g + C_g+1 + T_g) <= 2 upper and min_g (C_g + C_g+1 - T_g) >= 2 lower.
+    A larger T_g only widens the bound, so a dense drive (nearly all rows conduct at cycle 0,
+    U_0 close to reach) takes reach for U_0 and saves a quarter of the 2-band matmuls.
+
+    Float32 margin (u = 2**-24, R rows, a = reach_j): W is rounded to float32 (error <= u|W|),
+    the masks (0, +-1) are exact, and a float32 matmul is within gamma_R |x| |W| of the exact
+    result for any summation order, fused or not (Higham, "Accuracy and Stability of Numerical
+    Algorithms", 2nd ed., eq. 3.5; gamma_R = R u / (1 - R u) <= 1.004 R u for rows <= 2**16),
+    so every C_g, U_g is within e = (1.01 R + 1) u a of its integer. The three float32 steps on
+    them (T_g, C_g + C_g+1, their sum or difference) act on values below a, 2a, 2a and add at
+    most 4 e + 5 u a (plus terms of order u e) = (4.04 R + 9) u a. `_band_limits` shrinks 2 upper
+    and 2 lower by (8 R + 32) u (a + 1), about twice that, and rounds them inwards to float32:
+    a pair that passes in float32 passes in exact arithmetic. (The float64 rounding of the
+    shrunk limits matters only where a limit is within about a of 0, and is then below 2**-51 a.)
+    """
+    low2, high2 = _band_limits(w, cols, lower, upper)
+    w32, w_abs32 = (w.w32, w.w_abs32) if len(cols) == w.cols else (w.w32[:, cols], w.w_abs32[:, cols])
+    edges = np.arange(bands) * n_window_cycles // bands
+    reach32 = w.reach[cols].astype(np.float32) if dense else None
+    passed = np.empty((len(d), len(cols)), dtype=bool)
+    for chunk in _window_chunks(len(d), bands * w.rows):
+        lowest2, highest2 = _band_extremes(d[chunk], s[chunk], edges, w32, w_abs32, reach32)
+        np.less_equal(highest2, high2, out=passed[chunk])
+        passed[chunk] &= lowest2 >= low2
+    return passed
+
+
+def _band_extremes(d: np.ndarray, s: np.ndarray, edges: np.ndarray, w32: np.ndarray,
+                   w_abs32: np.ndarray, reach32: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """min_g and max_g of C_g + C_g+1 -+ T_g (twice the band bounds) in float32 (B, cols);
+    with reach32 (reach in float32, within u a like any U_g), U_0 is taken as reach."""
+    bands, (windows, rows) = len(edges), d.shape
+    on = d[None] > edges[:, None, None]  # (bands, B, rows): row conducts at the band's start
+    flat = (bands * windows, rows)  # one matmul for all bands: fewer BLAS calls
+    start = (np.multiply(on, s.astype(np.float32)).reshape(flat) @ w32).reshape(bands, windows, -1)
+    start_abs = np.empty_like(start)
+    first = 0 if reach32 is None else 1
+    if first:
+        start_abs[0] = reach32
+    np.matmul(on[first:].reshape((bands - first) * windows, rows).astype(np.float32), w_abs32,
+              out=start_abs[first:].reshape((bands - first) * windows, -1))
+    lowest = highest = None
+    for g in range(bands):  # in place: band g is the last to need start[g] and start_abs[g]
+        if g + 1 < bands:
+            spread = np.subtract(start_abs[g], start_abs[g + 1], out=start_abs[g])
+            middle = np.add(start[g], start[g + 1], out=start[g])
+        else:
+            spread, middle = start_abs[g], start[g]
+        low = middle - spread
+        high = np.add(middle, spread, out=middle)
+        lowest = low if lowest is None else np.minimum(lowest, low, out=lowest)
+        highest = high if highest is None else np.maximum(highest, high, out=highest)
+    return lowest, highest
+
+
+def _band_limits(w: SelectedConductance, cols: np.ndarray, lower: np.ndarray, upper: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (len(cols),) 2 lower and 2 upper moved inwards by the margin of `_band_test`."""
+    margin = (8 * w.rows + 32) * FLOAT32_UNIT * (w.reach[cols] + 1.0)
+    return (_float32_above(2.0 * lower[cols] + margin), _float32_below(2.0 * upper[cols] - margin))
+
+
+def _float32_below(x: np.ndarray) -> np.ndarray:
+    """The largest float32 <= x (float64) elementwise."""
+    y = x.astype(np.float32)
+    return np.where(y > x, np.nextafter(y, np.float32(-np.inf)), y)
+
+
+def _float32_above(x: np.ndarray) -> np.ndarray:
+    """The smallest float32 >= x (float64) elementwise."""
+    return -_float32_below(-x)

@@ -38,15 +38,22 @@ class Stream(enum.IntEnum):
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: splitmix64's (shift, multiplier) rounds, then its final shift.
+_MIX_ROUNDS = ((np.uint64(30), np.uint64(0xBF58476D1CE4E5B9)), (np.uint64(27), np.uint64(0x94D049BB133111EB)))
+_MIX_FINAL_SHIFT = np.uint64(31)
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """Steele/Lea/Flood splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    """Steele/Lea/Flood splitmix64 finaliser on uint64 arrays (wrapping arithmetic), as a new
+    array: 9 uint64 operations per element, in place on it and one scratch array."""
+    z = np.add(np.asarray(x, dtype=np.uint64), _GOLDEN)
+    shifted = np.empty_like(z)
     with np.errstate(over="ignore"):
-        z = np.asarray(x, dtype=np.uint64) + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        for shift, multiplier in _MIX_ROUNDS:
+            z ^= np.right_shift(z, shift, out=shifted)
+            z *= multiplier
+        z ^= np.right_shift(z, _MIX_FINAL_SHIFT, out=shifted)
+    return z
 
 
 class KeyedRng:
@@ -56,6 +63,7 @@ class KeyedRng:
         self.seed = check_int("seed", seed, 0, UINT64_MAX)
         self.tile = check_int("tile", tile, 0, 2**32 - 1)
         self._hash_base = splitmix64(splitmix64(np.array([self.seed], np.uint64)) ^ np.uint64(self.tile))
+        self._keys: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def generator(self, stream: Stream, *indices: int) -> np.random.Generator:
         """A Generator keyed by (seed, tile, stream, *indices); up to 3 indices, each < 2**64."""
@@ -66,10 +74,23 @@ class KeyedRng:
         return np.random.Generator(np.random.Philox(key=key, counter=counter))
 
     def normal(self, stream: Stream, ops: np.ndarray, lanes: int) -> np.ndarray:
-        """N(0, 1) of shape (len(ops), lanes); element [b, j] depends only on (ops[b], j)."""
-        base = splitmix64(self._hash_base ^ np.uint64(int(stream)))
+        """N(0, 1) of shape (len(ops), lanes); element [b, j] depends only on (ops[b], j).
+
+        bits = splitmix64(per_op[b] ^ per_lane[j]), uniform = ((bits >> 11) + 0.5) 2**-53 in
+        (0, 1), z = ndtri(uniform): 14 uint64/float64 operations per element and one ndtri call
+        over the array."""
+        base, per_lane = self._stream_keys(stream, lanes)
         per_op = splitmix64(base ^ np.asarray(ops, dtype=np.uint64))
-        per_lane = splitmix64(np.arange(lanes, dtype=np.uint64) ^ _GOLDEN)
         bits = splitmix64(per_op[:, None] ^ per_lane[None, :])
-        uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1)
-        return ndtri(uniform)
+        uniform = np.right_shift(bits, np.uint64(11), out=bits).astype(np.float64)
+        uniform += 0.5
+        uniform *= 2.0**-53
+        return ndtri(uniform, out=uniform)
+
+    def _stream_keys(self, stream: Stream, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The per-stream key and per-lane hashes of `normal`, computed once per (stream, lanes)."""
+        key = (int(stream), lanes)
+        if key not in self._keys:
+            self._keys[key] = (splitmix64(self._hash_base ^ np.uint64(int(stream))),
+                               splitmix64(np.arange(lanes, dtype=np.uint64) ^ _GOLDEN))
+        return self._keys[key]
