@@ -30,6 +30,8 @@ CLK_PERIOD_NS = 1
 LAST_BIT = 1 << (BEAT_BITS - 1)
 #: An AXI4-Lite access of the register file takes a few cycles; this many means a hung bus.
 CSR_CYCLE_LIMIT = 1000
+#: Cycles between the reads of a poll request.
+POLL_INTERVAL = 16
 
 
 class NoProgress(Exception):
@@ -158,6 +160,19 @@ class Server:
         got, self.out_packets = self.out_packets[:count], self.out_packets[count:]
         return got
 
+    async def poll(self, address: int, mask: int, value: int, max_cycles: int) -> int:
+        """Read a register every POLL_INTERVAL cycles until (register & mask) == value."""
+        waited = 0
+        while True:
+            register, resp = await self.csr(False, address)
+            if resp or register & mask == value:
+                return register
+            await ClockCycles(self.dut.clk, POLL_INTERVAL)
+            waited += POLL_INTERVAL
+            if waited > max_cycles:
+                raise NoProgress(f"register {address:#06x} = {register:#010x} did not reach "
+                                 f"{value:#x} under mask {mask:#x} in {max_cycles} cycles")
+
     async def state(self) -> str:
         """Every tile's controller state read through the bus, for error reports."""
         from pcmhil.interface import RegisterMap
@@ -181,6 +196,8 @@ class Server:
             return await self.csr(False, args[0])
         if verb == "write":
             return await self.csr(True, *args)
+        if verb == "poll":
+            return await self.poll(*args)
         if verb == "send":
             return await self.send(*args)
         if verb == "receive":

@@ -163,6 +163,11 @@ class CosimTransport(Transport):
         if resp:
             raise BusError("write", address)
 
+    def poll(self, address: int, mask: int, value: int, timeout_s: float = 30.0) -> int:
+        register = self._request(f"poll of {address:#06x}", "poll", address, mask, value,
+                                 self.cycle_budget)
+        return register
+
     def send(self, packets) -> None:
         rows = [np.asarray(p, dtype=np.uint32).reshape(-1) for p in
                 (np.atleast_2d(packets) if isinstance(packets, np.ndarray) else packets)]

@@ -7,7 +7,6 @@ clean.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,14 +134,9 @@ class Chip:
             self.wait_idle(tile)
 
     def wait_idle(self, tile: int) -> TileStatus:
-        deadline = time.monotonic() + self.POLL_TIMEOUT_S
-        while True:
-            status = self.status(tile)
-            if not status.busy:
-                break
-            if time.monotonic() > deadline:
-                raise SimulationError(f"tile {tile}: command {status.opcode:#04x} still busy after "
-                                      f"{self.POLL_TIMEOUT_S:.0f} s")
+        busy = self.map.register("STATUS", True).field("busy").mask
+        self.transport.poll(self.map.address("STATUS", tile), busy, 0, self.POLL_TIMEOUT_S)
+        status = self.status(tile)
         self.raise_for_error(tile, status)
         return status
 

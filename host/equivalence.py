@@ -147,8 +147,8 @@ def snapshot(chip: Chip) -> tuple:
 
 
 def _wait(chip: Chip, tile: int) -> None:
-    while chip.status(tile).busy:
-        pass
+    busy = chip.map.register("STATUS", True).field("busy").mask
+    chip.transport.poll(chip.map.address("STATUS", tile), busy, 0)
 
 
 def run_op(chip: Chip, op: Op) -> list:

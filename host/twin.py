@@ -434,6 +434,15 @@ class TwinTransport(Transport):
     def pending(self) -> int:
         return len(self._out)
 
+    def poll(self, address: int, mask: int, value: int, timeout_s: float = 30.0) -> int:
+        # The twin finishes every command at once: a register not there yet never will be.
+        register = self.read(address)
+        if register & mask != value:
+            raise SimulationError(f"register {address:#06x} = {register:#010x} will never reach "
+                                  f"{value:#x} under mask {mask:#x} (the twin has nothing left to "
+                                  f"do: e.g. an MVM waiting for activation vectors)")
+        return register
+
     def advance_time(self, seconds: float) -> None:
         for tile in self.tiles:
             tile.analog.advance_time(seconds)

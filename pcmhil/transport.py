@@ -34,6 +34,25 @@ class Transport(ABC):
     def write(self, address: int, value: int, strobe: int = 0b1111) -> None:
         """AXI4-Lite write; raises BusError on SLVERR."""
 
+    def poll(self, address: int, mask: int, value: int, timeout_s: float = 30.0) -> int:
+        """Read the register at `address` until (register & mask) == value; return it.
+
+        A board's firmware or a simulation answers this without a round trip per read; this
+        default polls over the link.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            register = self.read(address)
+            if register & mask == value:
+                return register
+            if time.monotonic() > deadline:
+                from pcmhil.errors import SimulationError
+
+                raise SimulationError(f"register {address:#06x} = {register:#010x} did not reach "
+                                      f"{value:#x} under mask {mask:#x} within {timeout_s:.0f} s")
+
     @abstractmethod
     def send(self, packets: np.ndarray | list[np.ndarray]) -> None:
         """Send packets on the input stream, in order, tlast on each packet's last word.
