@@ -11,10 +11,11 @@ A packet starts only when the output buffer has room for all of it, so it is wri
 stalls and the LDPU pipeline needs no back-pressure.
 """
 
-from amaranth import Array, Module, Mux, Signal, Value, signed
+from amaranth import Array, Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from pcmhil.interface import (
     BUS_DATA_BITS,
@@ -36,6 +37,10 @@ from pcmhil.rtl.sizes import address_width, memory_depth
 
 #: Packets a tile sends.
 OUTPUT_PACKET_TYPES = tuple(t for t in PacketType if t not in INPUT_PACKET_TYPES)
+
+#: Groups of columns selected per register stage of the readout (a short mux per stage: the
+#: columns are spread over the whole die).
+READOUT_FAN_IN = 8
 
 #: VERIFY_DATA: per column one beat, G+ count in the low half, G- count in the high half;
 #: CALIB_DATA: two columns' ADC offsets per beat, the even column in the low half (numerics 6).
@@ -79,7 +84,7 @@ class TileTx(wiring.Component):
 
     The readout is a pipeline: a group is issued (its memories addressed, its columns selected
     into a register, stage A); RESULT beats leave stage A through the LDPU; VERIFY_DATA and
-    CALIB_DATA beats are formed in stage A and written from a register (stage B).
+    CALIB_DATA beats are formed in two more stages (B, C).
     """
 
     def __init__(self, geometry: Geometry, tile_index: int):
@@ -121,22 +126,23 @@ class TileTx(wiring.Component):
         end_of_group = beat_in_group == per_group - 1
         last_group = group == self.groups - 1
 
-        # stage A: the issued beat's group of columns, registered with its place in the packet
-        issued = Signal(data.StructLayout({"valid": 1, "group": len(group), "beat": len(beat_in_group),
-                                           "group_done": 1}))
-        m.d.sync += [issued.valid.eq(issue), issued.group.eq(group), issued.beat.eq(beat_in_group),
-                     issued.group_done.eq(end_of_group)]
-        head_acc = Signal(data.ArrayLayout(signed(ACC_BITS), LDPU_LANES))
-        head_counts = Signal(data.ArrayLayout(COUNTER_BITS, LDPU_LANES))
-        with m.If(issue):
-            m.d.sync += [head_acc.eq(_group_of(self.acc, head_acc, group)),
-                         head_counts.eq(_group_of(self.counts, head_counts, group))]
+        # stage A: the issued beat's group of columns, selected through a pipelined mux (the
+        # columns are spread over the whole die), and its place in the packet, delayed to match
+        place = data.StructLayout({"valid": 1, "group": len(group), "beat": len(beat_in_group),
+                                   "group_done": 1})
+        issuing = Signal(place)
+        m.d.comb += [issuing.valid.eq(issue), issuing.group.eq(group), issuing.beat.eq(beat_in_group),
+                     issuing.group_done.eq(end_of_group)]
+        head_acc, head_counts, latency = self._select_group(m, group)
+        issued = _delayed(m, issuing, latency)
+        # the memories answer a cycle after their address: addressed one stage before stage A
+        addressed = _delayed(m, issuing, latency - 1)
 
         m.submodules.offsets = offsets = Memory(shape=data.ArrayLayout(COUNTER_BITS, LDPU_LANES),
                                                 depth=memory_depth(self.groups), init=[])
         calibrated = Signal()  # the offsets have been written since reset (else they are 0)
         offset_read = offsets.read_port()
-        m.d.comb += [self.params.addr.eq(group), offset_read.addr.eq(group)]
+        m.d.comb += [self.params.addr.eq(addressed.group), offset_read.addr.eq(addressed.group)]
         subtracted = Signal.like(offset_read.data)
         with m.If(subtract_offset & calibrated):
             m.d.comb += subtracted.eq(offset_read.data)
@@ -195,6 +201,18 @@ class TileTx(wiring.Component):
                     m.d.comb += control.busy.eq(1)
         return m
 
+    def _select_group(self, m: Module, group):
+        """The raw values and counts of column group `group`, and the cycles they take."""
+        head = Signal(data.StructLayout({
+            "acc": data.ArrayLayout(signed(ACC_BITS), LDPU_LANES),
+            "counts": data.ArrayLayout(COUNTER_BITS, LDPU_LANES),
+        }))
+        columns = [Cat(_group_of(self.acc, head.acc, g), _group_of(self.counts, head.counts, g))
+                   for g in range(self.groups)]
+        selected, latency = _pipelined_select(m, columns, group)
+        m.d.comb += head.eq(selected)
+        return head.acc, head.counts, latency
+
     def _result_beats(self, m: Module, head_acc, valid, offsets):
         """Stage A -> LDPU: raw = acc - offset with the group's parameters (both read from
         memories addressed at issue); RESULT beats Ldpu.LATENCY cycles later."""
@@ -214,38 +232,42 @@ class TileTx(wiring.Component):
 
     def _direct_beats(self, m: Module, kind, head_acc, head_counts, issued, enable, calib_log2,
                       offset_write, calibrated):
-        """Stage A -> B: the VERIFY_DATA or CALIB_DATA beat of the issued place, registered; the
-        group's ADC offsets go to the offset memory in stage B of its last beat."""
-        verify = Signal(VerifyBeat)
-        m.d.comb += [
-            verify.plus.eq(head_acc[issued.beat][:COUNTER_BITS]),
-            verify.minus.eq(head_counts[issued.beat]),
-        ]
-        half = rounding_half(calib_log2)
-        offsets = Signal(data.ArrayLayout(COUNTER_BITS, LDPU_LANES))
-        for lane in range(LDPU_LANES):
-            m.d.comb += offsets[lane].eq((head_acc[lane] + half) >> calib_log2)
-
-        # stage B
-        staged, group_done, pair_index = Signal(), Signal(), Signal()
-        group = Signal.like(issued.group)
-        verify_b, offsets_b = Signal.like(verify), Signal.like(offsets)
+        """Stage A -> B -> C: the VERIFY_DATA or CALIB_DATA beat of the issued place. CALIB_DATA
+        rounds in B and shifts in C (the two carry chains and the shifter in separate stages);
+        the beat is written from C, and on a group's last beat its ADC offsets go to the offset
+        memory."""
+        place = data.StructLayout({"valid": 1, "group": len(issued.group), "pair": 1, "group_done": 1})
+        at_b, at_c = Signal(place), Signal(place)
         m.d.sync += [
-            staged.eq(issued.valid & enable),
-            group.eq(issued.group),
-            group_done.eq(issued.group_done),
-            pair_index.eq(issued.beat[0]),  # CALIB_DATA: a pair of columns per beat
-            verify_b.eq(verify),
-            offsets_b.eq(offsets),
+            at_b.valid.eq(issued.valid & enable),
+            at_b.group.eq(issued.group),
+            at_b.pair.eq(issued.beat[0]),  # CALIB_DATA: a pair of columns per beat
+            at_b.group_done.eq(issued.group_done),
+            at_c.eq(at_b),
         ]
+        verify_b, verify_c = Signal(VerifyBeat), Signal(VerifyBeat)
+        m.d.sync += [
+            verify_b.plus.eq(head_acc[issued.beat][:COUNTER_BITS]),
+            verify_b.minus.eq(head_counts[issued.beat]),
+            verify_c.eq(verify_b),
+        ]
+        half = Signal.like(head_acc[0])  # 2^(k-1): a register, as k is fixed for the packet
+        m.d.sync += half.eq(rounding_half(calib_log2))
+        rounded_b = Signal.like(head_acc)
+        offsets_c = Signal(data.ArrayLayout(COUNTER_BITS, LDPU_LANES))
+        for lane in range(LDPU_LANES):
+            m.d.sync += [
+                rounded_b[lane].eq(head_acc[lane] + half),
+                offsets_c[lane].eq(rounded_b[lane] >> calib_log2),
+            ]
         pairs = [Signal(CalibBeat, name=f"calib_beat{k}") for k in range(LDPU_LANES // 2)]
         for k, pair in enumerate(pairs):
-            m.d.comb += [pair[0].eq(offsets_b[2 * k]), pair[1].eq(offsets_b[2 * k + 1])]
+            m.d.comb += [pair[0].eq(offsets_c[2 * k]), pair[1].eq(offsets_c[2 * k + 1])]
 
-        write_offsets = staged & group_done & (kind == PacketType.CALIB_DATA)
+        write_offsets = at_c.valid & at_c.group_done & (kind == PacketType.CALIB_DATA)
         m.d.comb += [
-            offset_write.addr.eq(group),
-            offset_write.data.eq(offsets_b),
+            offset_write.addr.eq(at_c.group),
+            offset_write.data.eq(offsets_c),
             offset_write.en.eq(write_offsets),
         ]
         with m.If(write_offsets):
@@ -253,14 +275,45 @@ class TileTx(wiring.Component):
 
         beats = stream.Signature(BUS_DATA_BITS, always_ready=True).create()
         m.d.comb += [
-            beats.valid.eq(staged),
-            beats.payload.eq(Mux(kind == PacketType.VERIFY_DATA, verify_b,
-                                 Array(p.as_value() for p in pairs)[pair_index])),
+            beats.valid.eq(at_c.valid),
+            beats.payload.eq(Mux(kind == PacketType.VERIFY_DATA, verify_c,
+                                 Array(p.as_value() for p in pairs)[at_c.pair])),
         ]
         return beats
 
 
-def _group_of(columns, group_signal, index):
+def _group_of(columns, group_signal, index: int):
     """Group `index` (LDPU_LANES columns) of every column's `columns`, shaped like `group_signal`."""
     group_bits = len(Value.cast(group_signal))
-    return Value.cast(columns).word_select(index, group_bits)
+    return Value.cast(columns)[index * group_bits:(index + 1) * group_bits]
+
+
+def _pipelined_select(m: Module, words: list, index) -> tuple[Signal, int]:
+    """words[index] through registered stages of READOUT_FAN_IN-input muxes (at least one);
+    returns the selection and its latency in cycles."""
+    width = len(words[0])
+    index_bits = ceil_log2(READOUT_FAN_IN)
+    latency = 0
+    while True:
+        low = index[:index_bits]
+        stage = []
+        for k in range(0, len(words), READOUT_FAN_IN):
+            chunk = words[k:k + READOUT_FAN_IN]
+            register = Signal(width, name=f"select{latency}_{k // READOUT_FAN_IN}")
+            m.d.sync += register.eq(Cat(*chunk).word_select(low, width) if len(chunk) > 1 else chunk[0])
+            stage.append(register)
+        latency += 1
+        if len(stage) == 1:
+            return stage[0], latency
+        high = Signal(len(index) - index_bits, name=f"select{latency}_index")
+        m.d.sync += high.eq(index[index_bits:])
+        words, index = stage, high
+
+
+def _delayed(m: Module, value, cycles: int):
+    """`value` (a Signal, possibly a view) `cycles` clock cycles later."""
+    for _ in range(cycles):
+        register = Signal.like(value)
+        m.d.sync += register.eq(value)
+        value = register
+    return value

@@ -7,17 +7,17 @@ import numpy as np
 from rtl_sim import simulate
 
 from pcmhil.interface import (
+    COUNTER_MAX,
     LDPU_BIAS_BITS,
     LDPU_GAIN_BITS,
     LDPU_LANES,
     LDPU_SHIFT_BITS,
     OUTPUT_MAX,
     OUTPUT_MIN,
-    RAW_BITS,
 )
 from pcmhil.rtl.ldpu import Ldpu
 
-RAW_LIMIT = 2 * (2**12 - 1)  # numerics 4: |raw| <= 8190
+RAW_LIMIT = 2 * COUNTER_MAX  # numerics 4: |raw| <= 8190 (4-phase)
 GAIN_MIN, GAIN_MAX = -(2 ** (LDPU_GAIN_BITS - 1)), 2 ** (LDPU_GAIN_BITS - 1) - 1
 BIAS_MIN, BIAS_MAX = -(2 ** (LDPU_BIAS_BITS - 1)), 2 ** (LDPU_BIAS_BITS - 1) - 1
 
@@ -82,6 +82,3 @@ def test_ldpu_matches_numerics():
     assert seen == expected
     assert len(seen) >= len(configs) * 30
 
-
-def test_raw_bits_cover_the_four_phase_range():
-    assert RAW_LIMIT <= 2 ** (RAW_BITS - 1) - 1
