@@ -54,8 +54,9 @@ def pipelined_sum(m: Module, bits, valid) -> tuple[Signal, Signal, list[Signal]]
 
 
 class AdcCounters(wiring.Component):
-    """cco_pulses/cco_count/boundary_mode: from the analog side; setup/win_active/last: the
-    PWM driver's window timing (setup: the cycle before cycle 0); counts: every column's count;
+    """cco_pulses/cco_count/boundary_mode: from the analog side; setup/count_enable/last: the PWM
+    driver's window timing (setup: the cycle before cycle 0; count_enable: take a value at the
+    end of this cycle; last: the window's last cycle); counts: every column's count;
     saturations: the number of saturated columns of each window; busy: a saturation sum is in
     flight."""
 
@@ -68,7 +69,7 @@ class AdcCounters(wiring.Component):
             "cco_count": In(BOUNDARY_WORD_BITS).array(lay.count_words),
             "boundary_mode": In(1),
             "setup": In(1),
-            "win_active": In(1),
+            "count_enable": In(1),
             "last": In(1),
             "counts": Out(data.ArrayLayout(COUNTER_BITS, cols)),
             "saturations": Out(stream.Signature(range(cols + 1), always_ready=True)),
@@ -81,8 +82,9 @@ class AdcCounters(wiring.Component):
         pulses = Cat(*self.cco_pulses)
         lanes = Cat(*self.cco_count)
         cycle_mode = ~self.boundary_mode
-        # cycle mode counts every window cycle, transaction mode loads at the last one
-        update = Mux(cycle_mode, self.win_active, self.last)
+        # cycle mode counts every window cycle, transaction mode loads at the last one (the PWM
+        # driver's register, as it enables every column's counter)
+        update = self.count_enable
         saturated = Signal(cols)  # per column, in the current (or last) window
 
         for j in range(cols):

@@ -29,7 +29,6 @@ from pcmhil.interface import (
     CALIBRATE_MAX_LOG2,
     FOUR_PHASE_WINDOWS,
     INPUT_BITS,
-    INPUT_MIN,
     PWM_MAX_CYCLES,
     VERIFY_INPUT,
     Activation,
@@ -73,7 +72,7 @@ FOUR_PHASE_STEPS = [WindowStep.const({
 # drives only negative inputs, unipolar, in full windows: the row conducts for all W cycles,
 # every other row not at all. The PLUS count is kept in the raw values, the MINUS count stays
 # in the counters.
-assert VERIFY_INPUT == INPUT_MIN
+assert VERIFY_INPUT < 0
 VERIFY_STEPS = [WindowStep.const({
     "drive": {"select": select, "positive": 0, "negative": 1, "bipolar": 0, "full": 1},
     "accumulate": select is DeviceSelect.PLUS, "subtract": 0,
@@ -370,7 +369,7 @@ class Controller(wiring.Component):
         fetched_index = Signal.like(load_index)
         m.d.sync += [fetched.eq(loading), fetched_index.eq(load_index)]
         lane_bits = ceil_log2(BYTES_PER_BEAT)
-        verify_input = Const(INPUT_MIN, signed(INPUT_BITS)).as_unsigned()
+        verify_input = Const(VERIFY_INPUT, signed(INPUT_BITS)).as_unsigned()
         verify_word = Mux(fetched_index == row[lane_bits:], verify_input << (row[:lane_bits] * INPUT_BITS), 0)
         with m.Switch(opcode):
             with m.Case(Command.MVM):

@@ -64,7 +64,9 @@ def boundary_words(m: Module, words, vector) -> None:
 class PwmDriver(wiring.Component):
     """control: from the controller; setup: the cycle before a window's cycle 0 (the ADC counters
     restart at its end); last: the window's last cycle (c = W-1, the counters load at its end);
-    the rest: the digital -> analog drive ports of AnalogBoundary."""
+    boundary_mode: the analog side's (static); count_enable: the ADC counters take a value at the
+    end of this cycle (every window cycle in cycle mode, the last in transaction mode); the rest:
+    the digital -> analog drive ports of AnalogBoundary."""
 
     def __init__(self, geometry: Geometry):
         self.geometry = geometry
@@ -73,6 +75,8 @@ class PwmDriver(wiring.Component):
             "control": In(WindowControl()),
             "setup": Out(1),
             "last": Out(1),
+            "boundary_mode": In(1),
+            "count_enable": Out(1),
             "win_start": Out(1),
             "win_active": Out(1),
             "win_select": Out(DeviceSelect),
@@ -103,13 +107,21 @@ class PwmDriver(wiring.Component):
         # row instead of a comparator. d_i <= PWM_MAX_CYCLES < 2**MAG_BITS, so the low bits do.
         # In a full window (VERIFY_ROW) a conducting row stays on until the window ends.
         conducts_next = Cat(en[i] & (drive.full | (upcoming != d)) for i, d in enumerate(durations))
+        next_active, next_last = Signal(), Signal()  # win_active and last of the next cycle
+        m.d.comb += [next_active.eq(self.win_active), next_last.eq(self.last)]  # by default held
+        m.d.sync += [
+            self.win_active.eq(next_active),
+            self.last.eq(next_last),
+            self.count_enable.eq(Mux(self.boundary_mode, next_last, next_active)),
+        ]
         boundary_words(m, self.drive_en, en)
         boundary_words(m, self.drive_neg, neg)
         boundary_words(m, self.drive_mag, mag)
 
         # Every signal that fans out to all rows or columns comes straight from a register: the
         # window's drive is registered before the durations are computed from it, and `last`
-        # and `setup` (which reach every column's counter) are computed a cycle ahead.
+        # and `setup` and `count_enable` (which reach every column's counter) are computed a
+        # cycle ahead.
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(control.start):
@@ -133,13 +145,15 @@ class PwmDriver(wiring.Component):
                 m.d.sync += [
                     self.setup.eq(0),
                     self.win_start.eq(1),
-                    self.win_active.eq(1),
                     upcoming.eq(1),
                     remaining.eq(self.win_cycles - 1),
+                    en.eq(Cat(d != 0 for d in durations)),
+                ]
+                m.d.comb += [
+                    next_active.eq(1),
                     # a window lasts at least one cycle even if WINDOW was written 0 after the
                     # command's check
-                    self.last.eq(self.win_cycles <= 1),
-                    en.eq(Cat(d != 0 for d in durations)),
+                    next_last.eq(self.win_cycles <= 1),
                 ]
                 m.next = "WINDOW"
             with m.State("WINDOW"):
@@ -148,11 +162,12 @@ class PwmDriver(wiring.Component):
                     self.win_start.eq(0),
                     upcoming.eq(upcoming + 1),
                     remaining.eq(remaining - 1),
-                    self.last.eq(remaining == 1),
                     en.eq(conducts_next),
                 ]
+                m.d.comb += next_last.eq(remaining == 1)
                 with m.If(self.last):
-                    m.d.sync += [self.win_active.eq(0), self.last.eq(0), en.eq(0)]
+                    m.d.sync += en.eq(0)
+                    m.d.comb += [next_active.eq(0), next_last.eq(0)]
                     m.next = "IDLE"
         return m
 

@@ -107,8 +107,9 @@ class Tile(wiring.Component):
         _forward(m, counters, self.analog, COUNTER_PORTS)
         m.d.comb += [
             counters.setup.eq(pwm.setup),
-            counters.win_active.eq(pwm.win_active),
+            counters.count_enable.eq(pwm.count_enable),
             counters.last.eq(pwm.last),
+            pwm.boundary_mode.eq(self.analog.boundary_mode),
         ]
 
         # column values out

@@ -38,17 +38,18 @@ async def _window(ctx, dut, cycles: int, pulses=None, count=None, idle_pulses=No
     ctx.set(dut.setup, 1)
     await ctx.tick()
     ctx.set(dut.setup, 0)
+    transaction = ctx.get(dut.boundary_mode)
     for c in range(cycles):
-        ctx.set(dut.win_active, 1)
         ctx.set(dut.last, c == cycles - 1)
+        ctx.set(dut.count_enable, c == cycles - 1 if transaction else 1)
         if pulses is not None:
             _set_words(ctx, dut.cco_pulses, pulses[c], CCO_PULSE_BITS)
         if count is not None:
             lanes = count if c == cycles - 1 else [0xFFFF] * cols
             _set_words(ctx, dut.cco_count, lanes, CCO_COUNT_LANE_BITS)
         await ctx.tick()
-    ctx.set(dut.win_active, 0)
     ctx.set(dut.last, 0)
+    ctx.set(dut.count_enable, 0)
     if idle_pulses is not None:
         _set_words(ctx, dut.cco_pulses, idle_pulses, CCO_PULSE_BITS)
     sums = []

@@ -77,8 +77,10 @@ async def _window(ctx, dut, window, cycles):
             "start": ctx.get(dut.win_start),
             "active": ctx.get(dut.win_active),
             "last": ctx.get(dut.last),
+            "count_enable": ctx.get(dut.count_enable),
             "select": ctx.get(dut.win_select),
             "cycles": ctx.get(dut.win_cycles),
+            "full": ctx.get(dut.win_full),
             "en": bits_of_words([ctx.get(w) for w in dut.drive_en], 64),
             "neg": bits_of_words([ctx.get(w) for w in dut.drive_neg], 64),
             "mag": bits_of_words([ctx.get(w) for w in dut.drive_mag], 8 * len(dut.drive_mag), 8),
@@ -103,12 +105,15 @@ def _check_window(trace, x, window: dict, cycles: int) -> None:
         assert seen["start"] == (c == 0)
         assert seen["last"] == (c == cycles - 1)
         assert seen["select"] == window["select"] and seen["cycles"] == cycles
-        np.testing.assert_array_equal(seen["en"][:rows], c < durations, err_msg=f"cycle {c}")
+        conducting = durations > 0 if window.get("full") else c < durations
+        np.testing.assert_array_equal(seen["en"][:rows], conducting, err_msg=f"cycle {c}")
         np.testing.assert_array_equal(seen["neg"][:rows], negative)
         np.testing.assert_array_equal(seen["mag"][:rows], durations)
         # pad bits of the Out words are 0
         assert not seen["en"][rows:].any() and not seen["neg"][rows:].any() and not seen["mag"][rows:].any()
     assert not trace[-1]["en"].any() and not trace[-1]["start"]
+    # cycle mode (the test's): the counters take a value in every window cycle
+    assert [t["count_enable"] for t in trace] == [t["active"] for t in trace]
 
 
 @pytest.mark.parametrize("cycles", [PWM_MAX_CYCLES, PWM_MAX_CYCLES + 5])
@@ -120,6 +125,18 @@ def test_one_and_four_phase_windows(cycles):
     traces = _trace([(x, windows)])
     for trace, (window, n) in zip(traces, windows, strict=True):
         _check_window(trace, x, window, n)
+
+
+def test_full_window_drives_for_all_cycles():
+    """VERIFY_ROW's full windows (win_full): a row with a non-zero duration conducts for all W
+    cycles, whatever its duration."""
+    x = np.zeros(GEOMETRY.rows, dtype=np.int64)
+    x[5] = INPUT_MIN
+    window = {"select": DeviceSelect.PLUS, "positive": 0, "negative": 1, "bipolar": 0, "full": 1}
+    cycles = PWM_MAX_CYCLES + 40
+    trace, = _trace([(x, [(window, cycles)])])
+    _check_window(trace, x, window, cycles)
+    assert trace[START_LATENCY]["full"] == 1
 
 
 def test_short_windows_and_reload():
