@@ -13,10 +13,11 @@ import pytest
 
 from pcmhil.cosim.transport import CosimTransport
 from pcmhil.errors import SimulationError
+from pcmhil.host import packets as pk
 from pcmhil.host.chip import Chip
-from pcmhil.host.equivalence import compare, random_workload, run_workload
+from pcmhil.host.equivalence import _wait, compare, random_workload, run_workload
 from pcmhil.host.twin import TwinTransport
-from pcmhil.interface import Geometry
+from pcmhil.interface import PWM_MAX_CYCLES, Command, CommandWord, ErrorCode, Geometry, PacketType
 from pcmhil.model.analog_tile import AnalogSpec
 
 pytestmark = pytest.mark.cosim
@@ -119,3 +120,66 @@ def chip_command(name):
     from pcmhil.interface import Command
 
     return Command[name]
+
+
+def _provoke_every_error(chip: Chip) -> dict:
+    """Provoke each documented ErrorCode through the chip's AXI4-Lite and AXI4-Stream ports;
+    returns {code name: (ERROR_INFO or STREAM_STATUS code, opcode)} as read back over the bus."""
+    g, seen = chip.geometry, {}
+    info = lambda t: (chip.read_field("ERROR_INFO", "code", t), chip.read_field("ERROR_INFO", "opcode", t))  # noqa: E731
+
+    def command(opcode: int, arg: int = 0, tile: int = 0) -> None:
+        chip.write("CMD", CommandWord.const({"opcode": opcode, "arg": arg}).as_bits(), tile)
+        _wait(chip, tile)
+
+    chip.configure(0, window=PWM_MAX_CYCLES)
+    command(0x7F)
+    seen["UNKNOWN_COMMAND"] = info(0)
+    command(Command.MVM, 0)
+    seen["BAD_ARGUMENT"] = info(0)
+    command(Command.LOAD_LDPU)
+    seen["NO_DATA"] = info(0)
+    chip.write("WINDOW", PWM_MAX_CYCLES - 1, 0)
+    command(Command.CALIBRATE, 0)
+    seen["BAD_CONFIG"] = info(0)
+    chip.write("WINDOW", PWM_MAX_CYCLES, 0)
+    # BUSY, then ABORTED: an MVM waiting for its second vector
+    chip.command(0, Command.MVM, 2, wait=False)
+    chip.command(0, Command.CALIBRATE, 0, wait=False)
+    seen["BUSY"] = info(0)
+    chip.transport.send(pk.pack_activations(np.zeros((1, g.rows), np.int64), g, 0))
+    chip.abort(0)
+    _wait(chip, 0)
+    seen["ABORTED"] = info(0)
+    chip.transport.receive(chip.transport.pending())
+    # packet errors: a tile's own (length) and the router's (type, tile index)
+    good = pk.pack_activations(np.zeros((1, g.rows), np.int64), g, 1)[0]
+    chip.transport.send(np.concatenate([good, [7]]).astype(np.uint32))  # one word too long
+    error = chip.map.register("STATUS", True).field("error").mask
+    chip.transport.poll(chip.map.address("STATUS", 1), error, error, 10.0)
+    seen["PACKET_LENGTH"] = info(1)
+    for name, packet in (("PACKET_TYPE", [pk.header_word(0x7E, 0), 1]),
+                         ("PACKET_TILE", [pk.header_word(PacketType.ACTIVATIONS, g.tiles), 1])):
+        chip.transport.send(np.array(packet, np.uint32))
+        chip.transport.poll(chip.map.address("STREAM_STATUS"), 1, 1, 10.0)
+        seen[name] = (chip.read_field("STREAM_STATUS", "code"), 0)
+        chip.write("STREAM_STATUS", 1)
+    return seen
+
+
+def test_every_error_code_is_provoked_through_the_bus():
+    """Issue 4: every documented error code, provoked through the AXI ports of the chip top (the
+    HDL bus master and stream DMA of the harness) and read back from the registers; the twin
+    reads back the same."""
+    geometry = Geometry(8, 12, 2)
+    with open_cosim(geometry) as cosim:
+        got = _provoke_every_error(Chip(cosim, geometry))
+    want = _provoke_every_error(Chip(TwinTransport(geometry, FAKE), geometry))
+    expected_opcode = {"UNKNOWN_COMMAND": 0x7F, "BAD_ARGUMENT": Command.MVM.value,
+                       "NO_DATA": Command.LOAD_LDPU.value, "BAD_CONFIG": Command.CALIBRATE.value,
+                       "BUSY": Command.CALIBRATE.value, "ABORTED": Command.MVM.value}
+    assert set(got) == {c.name for c in ErrorCode if c is not ErrorCode.NONE}
+    for name, (code, opcode) in got.items():
+        assert code == ErrorCode[name].value, (name, code)
+        assert opcode == expected_opcode.get(name, 0), (name, opcode)
+    assert got == want
