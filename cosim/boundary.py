@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from cocotb.triggers import FallingEdge, RisingEdge
 
+from pcmhil.cosim import vpi
 from pcmhil.interface import (
     BOUNDARY_WORD_BITS,
     CCO_COUNT_LANE_BITS,
@@ -56,19 +57,29 @@ class BoundaryPorts:
         self.geometry = geometry
         self.layout = BoundaryLayout(geometry)
         self.prefix = f"t{tile}__"
+        lay = self.layout
+        self._vectors = {name: vpi.words([self.port(f"{name}__{k}") for k in range(count)])
+                         for name, count in (("drive_en", lay.drive_words), ("drive_neg", lay.drive_words),
+                                             ("drive_mag", lay.mag_words), ("cco_count", lay.count_words),
+                                             ("cco_pulses", lay.pulse_words))}
+        self._scalars = {name: vpi.Word(self.port(name)) for name in (
+            "win_select", "win_cycles", "win_full", "win_active", "win_start", "boundary_mode",
+            "prog_valid", "prog_index", "prog_data", "prog_commit", "prog_row", "prog_mode")}
 
     def port(self, name: str):
         return getattr(self.dut, self.prefix + name)
 
-    def words(self, name: str, count: int) -> list[int]:
-        return [int(self.port(f"{name}__{k}").value) for k in range(count)]
+    def scalar(self, name: str) -> int:
+        return self._scalars[name].read()
+
+    def words(self, name: str) -> list[int]:
+        return vpi.read_all(self._vectors[name])
 
     def write_words(self, name: str, words: list[int]) -> None:
-        for k, w in enumerate(words):
-            self.port(f"{name}__{k}").value = w
+        vpi.write_all(self._vectors[name], words)
 
     def reset(self, transaction: bool) -> None:
-        self.port("boundary_mode").value = int(transaction)
+        self._scalars["boundary_mode"].write(int(transaction))
         self.write_words("cco_pulses", [0] * self.layout.pulse_words)
         self.write_words("cco_count", [0] * self.layout.count_words)
 
@@ -88,11 +99,11 @@ class BoundaryPorts:
         lay = self.layout
         while True:
             await RisingEdge(self.port("win_start"))
-            durations = words_to_lanes(self.words("drive_mag", lay.mag_words), 8, rows)
-            negative = words_to_bits(self.words("drive_neg", lay.drive_words), rows)
-            select = int(self.port("win_select").value)
-            n_cycles = int(self.port("win_cycles").value)
-            if int(self.port("win_full").value):  # VERIFY_ROW: conducting rows stay on all window
+            durations = words_to_lanes(self.words("drive_mag"), 8, rows)
+            negative = words_to_bits(self.words("drive_neg"), rows)
+            select = self.scalar("win_select")
+            n_cycles = self.scalar("win_cycles")
+            if self.scalar("win_full"):  # VERIFY_ROW: conducting rows stay on all window
                 durations = np.where(durations > 0, n_cycles, 0)
             counts = analog().windows(durations[None], negative[None], np.array([select]), n_cycles)[0]
             lane_max = (1 << CCO_COUNT_LANE_BITS) - 1
@@ -109,14 +120,14 @@ class BoundaryPorts:
             window = None
             while True:
                 await FallingEdge(clk)
-                if not int(self.port("win_active").value):
+                if not self.scalar("win_active"):
                     self.write_words("cco_pulses", idle)
                     break
-                if int(self.port("win_start").value) or window is None:
+                if self.scalar("win_start") or window is None:
                     # cycle 0 of a window (back-to-back windows have no idle cycle between them)
-                    window = analog().begin_window(int(self.port("win_select").value))
-                enabled = words_to_bits(self.words("drive_en", lay.drive_words), rows)
-                negative = words_to_bits(self.words("drive_neg", lay.drive_words), rows)
+                    window = analog().begin_window(self.scalar("win_select"))
+                enabled = words_to_bits(self.words("drive_en"), rows)
+                negative = words_to_bits(self.words("drive_neg"), rows)
                 active = np.where(enabled, np.where(negative, -1, 1), 0).astype(np.int64)
                 pulses = window.step(active)
                 self.write_words("cco_pulses", lanes_to_words(pulses, CCO_PULSE_BITS, lay.pulse_words))
@@ -131,11 +142,11 @@ class BoundaryPorts:
             words: dict[int, int] = {}
             while True:
                 await FallingEdge(clk)
-                if int(self.port("prog_valid").value):
-                    words[int(self.port("prog_index").value)] = int(self.port("prog_data").value)
-                if int(self.port("prog_commit").value):
+                if self.scalar("prog_valid"):
+                    words[self.scalar("prog_index")] = self.scalar("prog_data")
+                if self.scalar("prog_commit"):
                     break
             data = np.array([words.get(k, 0) for k in range(self.layout.prog_words)], dtype=np.uint64)
             payload = data.view(np.uint8)[:2 * cols]
-            analog().program_row(int(self.port("prog_row").value), payload[0::2].copy(),
-                               payload[1::2].copy(), ProgramMode(int(self.port("prog_mode").value)))
+            analog().program_row(self.scalar("prog_row"), payload[0::2].copy(),
+                                 payload[1::2].copy(), ProgramMode(self.scalar("prog_mode")))

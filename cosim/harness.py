@@ -10,14 +10,24 @@ cocotbext-axi bus models (tests/test_rtl_bus_*).
 
 Python-facing ports (all <= 64 bits, TOOLCHAIN.md):
 - csr_go (pulse), csr_write, csr_addr, csr_wdata, csr_strb -> csr_done (level, cleared by go),
-  csr_rdata, csr_resp (AXI response code).
+  csr_rdata, csr_resp (AXI response code). With csr_poll set, a read is repeated until
+  (rdata & csr_mask) == csr_match (or csr_poll is cleared), like a board's register-poll engine:
+  waiting for a command costs the host one request and the simulation one callback.
 - dma_in[] memory (bit 32 = tlast), dma_in_count, dma_in_go (pulse) -> dma_in_busy, dma_in_sent.
 - dma_out[] ring memory written from m_axis (bit 32 = tlast), dma_out_wptr (out),
   dma_out_rptr (in): the ring back-pressures the chip when full.
 - t{n}__* analog boundary of each tile, irq.
+
+The simulation top is a Verilog testbench module around the harness (testbench_verilog) that
+generates the clock itself (Verilator --timing): a clock driven from cocotb is a top-level input,
+and every toggle of a top-level input makes Verilator re-evaluate all input-dependent logic, which
+was most of the per-cycle cost of the 256x256 chip. The clock rises at t = k + 1/2 periods, so
+whole periods are falling edges: the server samples and drives there.
 """
 
 from __future__ import annotations
+
+import re
 
 from amaranth import Module, Signal
 from amaranth.lib import wiring
@@ -33,6 +43,30 @@ DMA_PTR_BITS = DMA_DEPTH.bit_length()  # one extra bit distinguishes full from e
 BEAT_BITS = BUS_DATA_BITS + 1
 
 TOPLEVEL = "pcmhil_cosim_top"
+#: The simulation's top module (harness + clock) and the harness instance inside it.
+TESTBENCH = "pcmhil_cosim_tb"
+INSTANCE = "harness"
+#: Simulated clock period. HERMES runs at 1 GHz (REFERENCE.md); the period only scales
+#: simulated time, never the numbers.
+CLK_PERIOD_NS = 1
+
+_PORT = re.compile(r"^\s*(input|output)\s+(?:\[(\d+):0\]\s+)?([A-Za-z_][A-Za-z0-9_$]*);", re.M)
+
+
+def testbench_verilog(harness_verilog: str) -> str:
+    """The simulation top: every harness port as a testbench signal (inputs are regs that the
+    server writes), and the clock generated in HDL."""
+    start = harness_verilog.index(f"module {TOPLEVEL}(")
+    ports = _PORT.findall(harness_verilog[start:harness_verilog.index("endmodule", start)])
+    lines = [f"module {TESTBENCH};", "  reg clk = 1'b0;",
+             f"  always #{CLK_PERIOD_NS / 2} clk = ~clk;"]
+    for direction, msb, name in ports:
+        if name != "clk":
+            width = f"[{msb}:0] " if msb else ""
+            lines.append(f"  reg {width}{name} = 0;" if direction == "input" else f"  wire {width}{name};")
+    connections = ",\n".join(f"    .{name}({name})" for _, _, name in ports)
+    lines += [f"  {TOPLEVEL} {INSTANCE} (\n{connections}\n  );", "endmodule", ""]
+    return "\n".join(lines)
 
 
 class CosimHarness(wiring.Component):
@@ -44,6 +78,7 @@ class CosimHarness(wiring.Component):
         members = {
             "csr_go": In(1), "csr_write": In(1), "csr_addr": In(BUS_ADDR_BITS),
             "csr_wdata": In(BUS_DATA_BITS), "csr_strb": In(4),
+            "csr_poll": In(1), "csr_mask": In(BUS_DATA_BITS), "csr_match": In(BUS_DATA_BITS),
             "csr_done": Out(1), "csr_rdata": Out(BUS_DATA_BITS), "csr_resp": Out(2),
             "dma_in_count": In(DMA_PTR_BITS), "dma_in_go": In(1),
             "dma_in_busy": Out(1), "dma_in_sent": Out(DMA_PTR_BITS),
@@ -66,7 +101,8 @@ class CosimHarness(wiring.Component):
         return m
 
     def _axil_master(self, m: Module, chip) -> None:
-        """One AXI4-Lite read or write per csr_go; address and data phases held until accepted."""
+        """One AXI4-Lite read or write per csr_go; address and data phases held until accepted.
+        A polling read is issued again until its value matches (or csr_poll is cleared)."""
         aw_pending, w_pending, ar_pending = Signal(), Signal(), Signal()
         b_wait, r_wait = Signal(), Signal()
         m.d.comb += [
@@ -89,8 +125,12 @@ class CosimHarness(wiring.Component):
         with m.If(b_wait & chip.s_axil_bvalid):
             m.d.sync += [b_wait.eq(0), self.csr_done.eq(1), self.csr_resp.eq(chip.s_axil_bresp)]
         with m.If(r_wait & chip.s_axil_rvalid):
-            m.d.sync += [r_wait.eq(0), self.csr_done.eq(1), self.csr_resp.eq(chip.s_axil_rresp),
-                         self.csr_rdata.eq(chip.s_axil_rdata)]
+            m.d.sync += [self.csr_resp.eq(chip.s_axil_rresp), self.csr_rdata.eq(chip.s_axil_rdata)]
+            mismatch = (chip.s_axil_rdata & self.csr_mask) != self.csr_match
+            with m.If(self.csr_poll & mismatch & (chip.s_axil_rresp.as_value() == 0)):
+                m.d.sync += ar_pending.eq(1)  # read again
+            with m.Else():
+                m.d.sync += [r_wait.eq(0), self.csr_done.eq(1)]
 
     def _dma_in(self, m: Module, chip) -> None:
         """Stream dma_in[0 .. count-1] into s_axis, one beat per clock when the chip is ready."""

@@ -16,26 +16,29 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge
+from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
+from pcmhil.cosim import vpi
 from pcmhil.cosim.boundary import BoundaryPorts
-from pcmhil.cosim.harness import BEAT_BITS, DMA_DEPTH, DMA_PTR_BITS
+from pcmhil.cosim.harness import BEAT_BITS, CLK_PERIOD_NS, DMA_DEPTH, DMA_PTR_BITS, INSTANCE
 from pcmhil.cosim.link import LinkClosed, recv_message, send_message
 
 CONFIG_ENV = "PCMHIL_COSIM_CONFIG"
-#: Simulated clock period. HERMES runs at 1 GHz (REFERENCE.md); the period only scales
-#: simulated time, never the numbers.
-CLK_PERIOD_NS = 1
 LAST_BIT = 1 << (BEAT_BITS - 1)
 #: An AXI4-Lite access of the register file takes a few cycles; this many means a hung bus.
 CSR_CYCLE_LIMIT = 1000
-#: Cycles between the reads of a poll request.
-POLL_INTERVAL = 16
+#: Cycles between looks at the output ring and the input DMA while waiting for them.
+STREAM_POLL_CYCLES = 64
 
 
 class NoProgress(Exception):
     """The chip did not produce what a request waited for within its cycle budget."""
+
+
+async def clock_cycles(n: int) -> None:
+    """Let n clock cycles pass. The clock runs in HDL; a Timer is one callback, however long.
+    From a whole period (a falling edge) it ends on a falling edge again."""
+    await Timer(n * CLK_PERIOD_NS, "ns")
 
 
 class Server:
@@ -43,7 +46,14 @@ class Server:
         from pcmhil.interface import Geometry
         from pcmhil.model.analog_tile import AnalogSpec
 
-        self.dut = dut
+        self.dut = dut  # the testbench: clk and every harness port
+        harness = getattr(dut, INSTANCE)  # its DMA memories, word by word
+        self.dma_in = vpi.words([harness.dma_in[i] for i in range(DMA_DEPTH)])
+        self.dma_out = vpi.words([harness.dma_out[i] for i in range(DMA_DEPTH)])
+        self.sig = {name: vpi.Word(getattr(dut, name)) for name in (
+            "csr_go", "csr_write", "csr_addr", "csr_wdata", "csr_strb", "csr_poll", "csr_mask",
+            "csr_match", "csr_rdata", "csr_resp", "dma_in_go", "dma_in_count", "dma_in_busy",
+            "dma_in_sent", "dma_out_wptr", "dma_out_rptr", "rst")}
         self.config = config
         self.geometry = Geometry(**config["geometry"])
         self.analog = self.build_analog(AnalogSpec(**config["analog"]))
@@ -51,6 +61,7 @@ class Server:
         self.out_words: list[int] = []  # beats drained from the ring, not yet a whole packet
         self.out_packets: list[np.ndarray] = []
         self.rptr = 0
+        self.ports = [BoundaryPorts(dut, t, self.geometry) for t in range(self.geometry.tiles)]
         self.stats = {"requests": 0, "handle_s": 0.0, "clock_only_s": 0.0, "clock_only_cycles": 0}
 
     def build_analog(self, spec) -> list:
@@ -58,10 +69,8 @@ class Server:
         return spec.build(g.rows, g.cols, g.tiles)
 
     async def start(self) -> None:
-        Clock(self.dut.clk, CLK_PERIOD_NS, unit="ns", impl="gpi").start()
         await self.reset()
-        for t in range(self.geometry.tiles):
-            ports = BoundaryPorts(self.dut, t, self.geometry)
+        for t, ports in enumerate(self.ports):
             # the bindings look the tile's model up on every window, so reset() can replace it
             analog = lambda t=t: self.analog[t]  # noqa: E731
             cocotb.start_soon(ports.serve_windows(analog, self.mode))
@@ -69,90 +78,98 @@ class Server:
 
     async def reset(self, spec=None) -> None:
         """Synchronous reset of the whole top; with `spec`, new analog tiles."""
-        dut = self.dut
-        for name in ("csr_go", "csr_write", "csr_addr", "csr_wdata", "dma_in_go", "dma_in_count",
-                     "dma_out_rptr"):
-            getattr(dut, name).value = 0
-        dut.csr_strb.value = 0b1111
-        dut.rst.value = 1
-        for t in range(self.geometry.tiles):
-            BoundaryPorts(dut, t, self.geometry).reset(transaction=self.mode == "transaction")
-        await ClockCycles(dut.clk, 4)
-        dut.rst.value = 0
+        for name in ("csr_go", "csr_write", "csr_addr", "csr_wdata", "csr_poll", "csr_mask",
+                     "csr_match", "dma_in_go", "dma_in_count", "dma_out_rptr"):
+            self.sig[name].write(0)
+        self.sig["csr_strb"].write(0b1111)
+        self.sig["rst"].write(1)
+        for ports in self.ports:
+            ports.reset(transaction=self.mode == "transaction")
+        await clock_cycles(4)
+        self.sig["rst"].write(0)
         if spec is not None:
             from pcmhil.model.analog_tile import AnalogSpec
 
             self.analog = self.build_analog(AnalogSpec(**spec))
         self.out_words, self.out_packets, self.rptr = [], [], 0
-        await RisingEdge(dut.clk)
+        await clock_cycles(1)
 
     # ---- bus -------------------------------------------------------------------------------
 
-    async def csr(self, write: bool, address: int, value: int = 0, strobe: int = 0b1111):
-        dut = self.dut
-        dut.csr_write.value = int(write)
-        dut.csr_addr.value = address
-        dut.csr_wdata.value = value
-        dut.csr_strb.value = strobe
-        dut.csr_go.value = 1
-        await RisingEdge(dut.clk)
-        dut.csr_go.value = 0
-        # Sample mid-cycle: right after the edge that took csr_go, csr_done still shows the
-        # previous access's value.
-        waited = 0
-        while True:
-            await FallingEdge(dut.clk)
-            if int(dut.csr_done.value):
-                return int(dut.csr_rdata.value), int(dut.csr_resp.value)
-            waited += 1
-            if waited > CSR_CYCLE_LIMIT:
+    async def csr(self, write: bool, address: int, value: int = 0, strobe: int = 0b1111,
+                  poll: tuple[int, int] | None = None, max_cycles: int = CSR_CYCLE_LIMIT):
+        """One AXI4-Lite access through the harness's bus master; with `poll` = (mask, match), a
+        read repeated by the harness until (value & mask) == match. Starts and ends on a falling
+        edge (a whole period)."""
+        dut, sig = self.dut, self.sig
+        sig["csr_write"].write(int(write))
+        sig["csr_addr"].write(address)
+        sig["csr_wdata"].write(value)
+        sig["csr_strb"].write(strobe)
+        sig["csr_poll"].write(int(poll is not None))
+        if poll is not None:
+            sig["csr_mask"].write(poll[0])
+            sig["csr_match"].write(poll[1])
+        sig["csr_go"].write(1)
+        await clock_cycles(1)  # the rising edge in between takes go and clears csr_done
+        sig["csr_go"].write(0)
+        timeout = Timer(max_cycles * CLK_PERIOD_NS, "ns")
+        if await First(RisingEdge(dut.csr_done), timeout) is timeout:
+            if poll is None:
                 raise NoProgress(f"AXI4-Lite {'write' if write else 'read'} of {address:#06x}: "
-                                 f"no response in {CSR_CYCLE_LIMIT} cycles")
+                                 f"no response in {max_cycles} cycles")
+            sig["csr_poll"].write(0)  # let the read in flight finish, so the bus is idle again
+            stop = Timer(CSR_CYCLE_LIMIT * CLK_PERIOD_NS, "ns")
+            await First(RisingEdge(dut.csr_done), stop)
+            await FallingEdge(dut.clk)
+            raise NoProgress(f"register {address:#06x} = {sig['csr_rdata'].read():#010x} did "
+                             f"not reach {poll[1]:#x} under mask {poll[0]:#x} in {max_cycles} cycles")
+        await FallingEdge(dut.clk)  # done rose on a rising edge: back to mid-cycle
+        return self.sig["csr_rdata"].read(), self.sig["csr_resp"].read()
 
     # ---- streams -----------------------------------------------------------------------------
 
     async def send(self, words: np.ndarray, lasts: np.ndarray, max_cycles: int) -> None:
-        dut = self.dut
         for start in range(0, len(words), DMA_DEPTH):
             chunk = words[start:start + DMA_DEPTH].astype(np.int64)
             chunk = chunk | np.where(lasts[start:start + DMA_DEPTH], LAST_BIT, 0)
-            for i, beat in enumerate(chunk.tolist()):
-                dut.dma_in[i].value = beat
-            dut.dma_in_count.value = len(chunk)
-            dut.dma_in_go.value = 1
-            await RisingEdge(dut.clk)
-            dut.dma_in_go.value = 0
-            await FallingEdge(dut.clk)  # busy is set by the go edge; sample it mid-cycle
+            for word, beat in zip(self.dma_in, chunk.tolist(), strict=False):
+                word.write(beat)
+            self.sig["dma_in_count"].write(len(chunk))
+            self.sig["dma_in_go"].write(1)
+            await clock_cycles(1)  # busy is set by the go edge
+            self.sig["dma_in_go"].write(0)
             waited = 0
-            while int(dut.dma_in_busy.value):
+            while self.sig["dma_in_busy"].read():
                 self.drain()
-                await First(FallingEdge(dut.dma_in_busy), ClockCycles(dut.clk, 256))
-                waited += 256
+                await clock_cycles(STREAM_POLL_CYCLES)
+                waited += STREAM_POLL_CYCLES
                 if waited > max_cycles:
-                    raise NoProgress(f"input stream: {int(dut.dma_in_sent.value)} of {len(chunk)} "
+                    raise NoProgress(f"input stream: {self.sig['dma_in_sent'].read()} of {len(chunk)} "
                                      f"beats accepted after {max_cycles} cycles")
         self.drain()
 
     def drain(self) -> None:
         """Move captured output beats from the ring into whole packets (no simulated time)."""
-        dut = self.dut
-        wptr = int(dut.dma_out_wptr.value)
+        wptr = self.sig["dma_out_wptr"].read()
         mask = (1 << DMA_PTR_BITS) - 1
+        if self.rptr == wptr:
+            return
         while self.rptr != wptr:
-            beat = int(dut.dma_out[self.rptr % DMA_DEPTH].value)
+            beat = self.dma_out[self.rptr % DMA_DEPTH].read()
             self.out_words.append(beat & (LAST_BIT - 1))
             if beat & LAST_BIT:
                 self.out_packets.append(np.array(self.out_words, dtype=np.uint32))
                 self.out_words = []
             self.rptr = (self.rptr + 1) & mask
-        dut.dma_out_rptr.value = self.rptr
+        self.sig["dma_out_rptr"].write(self.rptr)
 
     async def receive(self, count: int, max_cycles: int) -> list[np.ndarray]:
         waited = 0
         self.drain()
         while len(self.out_packets) < count:
-            await ClockCycles(self.dut.clk, 64)
-            waited += 64
+            await clock_cycles(STREAM_POLL_CYCLES)
+            waited += STREAM_POLL_CYCLES
             self.drain()
             if waited > max_cycles:
                 raise NoProgress(f"waited {max_cycles} cycles for {count} output packets, "
@@ -161,17 +178,9 @@ class Server:
         return got
 
     async def poll(self, address: int, mask: int, value: int, max_cycles: int) -> int:
-        """Read a register every POLL_INTERVAL cycles until (register & mask) == value."""
-        waited = 0
-        while True:
-            register, resp = await self.csr(False, address)
-            if resp or register & mask == value:
-                return register
-            await ClockCycles(self.dut.clk, POLL_INTERVAL)
-            waited += POLL_INTERVAL
-            if waited > max_cycles:
-                raise NoProgress(f"register {address:#06x} = {register:#010x} did not reach "
-                                 f"{value:#x} under mask {mask:#x} in {max_cycles} cycles")
+        """Wait until (register & mask) == value: the harness reads it every few cycles."""
+        register, _ = await self.csr(False, address, poll=(mask, value), max_cycles=max_cycles)
+        return register
 
     async def state(self) -> str:
         """Every tile's controller state read through the bus, for error reports."""
@@ -211,7 +220,7 @@ class Server:
             return None
         if verb == "clock":  # the ceiling: the same RTL clocked with no model and no bus traffic
             start = time.perf_counter()
-            await ClockCycles(self.dut.clk, args[0])
+            await clock_cycles(args[0])
             self.stats["clock_only_s"] += time.perf_counter() - start
             self.stats["clock_only_cycles"] += args[0]
             return None
@@ -219,6 +228,16 @@ class Server:
             model_s = sum(getattr(a, "busy_s", 0.0) for a in self.analog)
             return dict(self.stats, model_s=model_s,
                         cycles=int(cocotb.utils.get_sim_time("ns") // CLK_PERIOD_NS))
+        if verb == "profile":  # cProfile every Python call in the simulation (performance work)
+            import cProfile
+
+            if args[0] is None:
+                self.profiler = cProfile.Profile()
+                self.profiler.enable()
+            else:
+                self.profiler.disable()
+                self.profiler.dump_stats(args[0])
+            return None
         if verb == "reset":
             return await self.reset(args[0])
         if verb == "cycles":

@@ -32,6 +32,8 @@ from pcmhil.errors import SimulationError, ToolchainError
 
 #: Host tools the Verilator flow shells out to (verilator is a perl script; make drives g++).
 REQUIRED_HOST_TOOLS = ("g++", "make", "perl")
+#: Debian packages of the host tools, and of the lz4 headers that FST waveforms need.
+HOST_PACKAGES = ("g++", "make", "perl", "liblz4-dev")
 
 #: Extra make variables for the wheel's verilated.mk (see module docstring).
 VERILATED_MK_FIXES = {"CFG_CXXFLAGS_PCH_I": "-include"}
@@ -161,6 +163,11 @@ class BuildSpec:
     build_args: tuple[str, ...] = SIM_BUILD_ARGS
     waves: bool = False
     extra_key: Mapping[str, str] = field(default_factory=dict)
+    #: None: every signal is VPI-visible (--public-flat-rw, what cocotb's runner does); else the
+    #: names of the modules whose signals Python may touch (much faster simulation).
+    public: tuple[str, ...] | None = None
+    #: Verilator --timing: the design may contain delays (a clock generated in HDL).
+    timing: bool = False
 
     def key(self) -> str:
         h = hashlib.sha256()
@@ -170,6 +177,8 @@ class BuildSpec:
                       for name, text in sorted(self.verilog.items())},
             "build_args": list(self.build_args),
             "waves": self.waves,
+            "public": None if self.public is None else list(self.public),
+            "timing": self.timing,
             "extra": dict(sorted(self.extra_key.items())),
             # A build links against this interpreter's cocotb and this Verilator.
             "python": sys.executable,
@@ -213,6 +222,15 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def check_fst_support() -> None:
+    """Verilator's FST writer compiles against lz4 (Debian: liblz4-dev); say so up front."""
+    probe = subprocess.run(["g++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n",
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        raise ToolchainError("FST waveforms need the lz4 headers, which the C++ compiler cannot "
+                             "find (lz4.h); install them (Debian: apt-get install liblz4-dev)")
+
+
 def build(spec: BuildSpec, *, cache_dir: Path | None = None, log=None) -> Build:
     """Build `spec` with the cocotb Verilator runner, or reuse the cached build of the same key.
 
@@ -228,6 +246,8 @@ def build(spec: BuildSpec, *, cache_dir: Path | None = None, log=None) -> Build:
     with _locked(root / f".{key}.lock"):
         if (final / spec.toplevel).exists():
             return Build(spec, final, True, time.perf_counter() - start)
+        if spec.waves:
+            check_fst_support()
         root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{spec.toplevel}-", dir=root))
         try:
@@ -238,33 +258,71 @@ def build(spec: BuildSpec, *, cache_dir: Path | None = None, log=None) -> Build:
     return Build(spec, final, False, time.perf_counter() - start)
 
 
-def _build_into(spec: BuildSpec, work: Path, log) -> None:
-    from cocotb_tools.runner import get_runner
+#: make variables an HDL clock (--timing: C++20 coroutines) needs with the wheel's verilated.mk.
+TIMING_MAKE_VARS = {"CFG_CXXFLAGS_COROUTINES": "-fcoroutines", "CFG_CXXFLAGS_STD": "-std=gnu++20"}
+#: Simulated time unit and precision of --timing builds (Verilog files without a `timescale).
+TIMING_TIMESCALE = "1ns/1ps"
+
+
+def _vlt_public(modules: Sequence[str]) -> str:
+    """A Verilator control file making only these modules' own signals visible through VPI."""
+    lines = [f'public_flat_rw -module "{module}" -var "*"' for module in modules]
+    return "\n".join(["`verilator_config", *lines]) + "\n"
+
+
+def build_commands(spec: BuildSpec, work: Path) -> list[list[str]]:
+    """The verilator and make command lines of a build (the cocotb runner's, plus our control).
+
+    The cocotb runner always passes --public-flat-rw, which keeps every signal of the netlist as a
+    VPI-visible variable and costs Verilator several times its speed on a large Amaranth design
+    (TOOLCHAIN.md). With `spec.public` set, only that module's signals are made public through a
+    control file; the cocotb side then touches nothing below it.
+    """
+    import cocotb_tools.config as cocotb_config
 
     src_dir = work / "src"
+    sources = [str(src_dir / name) for name in spec.verilog]
+    if spec.public is None:
+        visibility = ["--public-flat-rw"]
+    else:
+        (src_dir / "public.vlt").write_text(_vlt_public(spec.public))
+        visibility = [str(src_dir / "public.vlt")]
+    libs = cocotb_config.libs_dir
+    verilator_cpp = cocotb_config.share_dir / "lib" / "verilator" / "verilator.cpp"
+    waves = ["--trace", "--trace-fst", "--trace-structs"] if spec.waves else []
+    timing = ["--timing", "--timescale", TIMING_TIMESCALE] if spec.timing else []
+    verilate = [str(verilator_root() / "bin" / "verilator"), "-cc", "--exe", "-Mdir", str(work),
+                "--top-module", spec.toplevel, "--vpi", *visibility, "--prefix", "Vtop",
+                "-o", spec.toplevel,
+                "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator",
+                *waves, *timing, *spec.build_args, str(verilator_cpp), *sources]
+    jobs = str(max(1, os.cpu_count() or 1))
+    make = ["make", "-j", jobs, "-C", str(work), "-f", "Vtop.mk", f"VM_TRACE={int(spec.waves)}"]
+    if spec.timing:
+        make += [f"{name}={value}" for name, value in TIMING_MAKE_VARS.items()]
+    return [verilate, make]
+
+
+def _build_into(spec: BuildSpec, work: Path, log) -> None:
+    src_dir = work / "src"
     src_dir.mkdir()
-    sources = []
     for name, text in spec.verilog.items():
         (src_dir / name).write_text(text)
-        sources.append(src_dir / name)
-    runner = get_runner("verilator")
     log_file = work / "build.log"
-    args = list(spec.build_args) + (["--trace-fst", "--trace-structs"] if spec.waves else [])
-    try:
-        runner.build(
-            sources=sources,
-            hdl_toplevel=spec.toplevel,
-            build_dir=work,
-            build_args=args,
-            waves=spec.waves,
-            always=True,
-            log_file=log_file,
-        )
-    except (SystemExit, Exception) as exc:  # the runner raises SystemExit/CalledProcessError
-        tail = log_file.read_text(errors="replace")[-4000:] if log_file.exists() else ""
-        raise ToolchainError(
-            f"Verilator build of {spec.toplevel!r} failed ({exc!s}); compiler output:\n{tail}"
-        ) from exc
+    env = configure_environment(dict(os.environ))
+    with open(log_file, "w") as out:
+        for cmd in build_commands(spec, work):
+            if log is not None:
+                log(" ".join(cmd[:3]) + " ...")
+            out.write("$ " + " ".join(cmd) + "\n")
+            out.flush()
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+            if done.returncode != 0:
+                out.close()
+                tail = log_file.read_text(errors="replace")[-4000:]
+                raise ToolchainError(
+                    f"Verilator build of {spec.toplevel!r} failed ({cmd[0]} exited with "
+                    f"{done.returncode}); compiler output:\n{tail}")
     if not (work / spec.toplevel).exists():
         raise ToolchainError(f"Verilator build of {spec.toplevel!r} produced no executable")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pcmhil.cosim import toolchain
-from pcmhil.cosim.harness import TOPLEVEL, CosimHarness
+from pcmhil.cosim.harness import TESTBENCH, TOPLEVEL, CosimHarness, testbench_verilog
 from pcmhil.cosim.link import LinkClosed, recv_message, send_message
 from pcmhil.cosim.server import CONFIG_ENV
 from pcmhil.errors import ConfigError, SimulationError
@@ -40,7 +40,11 @@ def harness_build_spec(geometry: Geometry, waves: bool = False) -> toolchain.Bui
     from amaranth.back import verilog
 
     text = verilog.convert(CosimHarness(geometry), name=TOPLEVEL, emit_src=False)
-    return toolchain.BuildSpec(toplevel=TOPLEVEL, verilog={f"{TOPLEVEL}.v": text}, waves=waves)
+    # Only the testbench and the harness are visible to Python: the chip below is compiled
+    # without VPI access, as fast as Verilator makes it.
+    return toolchain.BuildSpec(
+        toplevel=TESTBENCH, verilog={f"{TOPLEVEL}.v": text, f"{TESTBENCH}.v": testbench_verilog(text)},
+        waves=waves, public=(TESTBENCH, TOPLEVEL), timing=True)
 
 
 class CosimTransport(Transport):
@@ -58,6 +62,7 @@ class CosimTransport(Transport):
         self.cycle_budget = cycle_budget
         self.last_request = "start"
         self.process = None
+        self.waves_file = None
         self._sock = None
         self._dir = Path(tempfile.mkdtemp(prefix="pcmhil-"))  # short: socket paths < 107 bytes
         progress = progress or (lambda _msg: None)
@@ -87,6 +92,8 @@ class CosimTransport(Transport):
             built, "pcmhil.cosim.server", test_dir, waves=bool(waves),
             extra_env={CONFIG_ENV: json.dumps(config)}, python_path=python_path)
         self.waves_dir = test_dir if waves else None
+        #: the FST waveform of the run (complete once the transport is closed)
+        self.waves_file = test_dir / "dump.fst" if waves else None
         deadline = time.monotonic() + start_timeout_s
         listener.settimeout(0.2)
         try:
@@ -195,6 +202,10 @@ class CosimTransport(Transport):
     def clock_only(self, cycles: int) -> None:
         """Clock the RTL for `cycles` with no model and no bus traffic (the speed ceiling)."""
         self._request(f"clock({cycles})", "clock", cycles)
+
+    def profile(self, dump_to: str | Path | None = None) -> None:
+        """Start profiling the simulation's Python (None), or stop and write cProfile stats."""
+        self._request("profile", "profile", None if dump_to is None else str(dump_to))
 
     def stats(self) -> dict:
         """Where the simulation's time went: requests, seconds handling them, in the model."""

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from pcmhil.errors import ConfigError
+from pcmhil.errors import ConfigError, SimulationError
 from pcmhil.host.backends import open_transport
 from pcmhil.host.chip import Chip
 from pcmhil.interface import WINDOW_RESET, Geometry, ReadMode
@@ -43,9 +43,15 @@ def random_mvm(backend: str, *, mode: str = "transaction", rows: int = 64, cols:
         start = time.perf_counter()
         y = chip.mvm(0, x)
         seconds = time.perf_counter() - start
-    return {
+    result = {
         "backend": backend, "mode": mode if backend == "cosim" else None, "rows": rows,
         "cols": cols, "count": count, "seconds": round(seconds, 6),
         "mvm_per_s": round(count / seconds, 1),
         "codes_sha256": hashlib.sha256(y.astype(np.int8).tobytes()).hexdigest(),
     }
+    waves = getattr(transport, "waves_file", None)
+    if waves is not None:
+        if not waves.exists():
+            raise SimulationError(f"the co-simulation wrote no waveform ({waves} is missing)")
+        result["waves"] = str(waves)
+    return result

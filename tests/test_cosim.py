@@ -183,3 +183,18 @@ def test_every_error_code_is_provoked_through_the_bus():
         assert code == ErrorCode[name].value, (name, code)
         assert opcode == expected_opcode.get(name, 0), (name, opcode)
     assert got == want
+
+
+def test_waves_are_written_as_fst(tmp_path):
+    """Issue 5: --waves writes an FST of the run and says where."""
+    import struct
+
+    from pcmhil.host.random_mvm import random_mvm
+
+    result = random_mvm("cosim", rows=8, cols=8, count=2, seed=1, waves=tmp_path / "waves")
+    fst = Path(result["waves"])
+    assert fst == tmp_path / "waves" / "dump.fst"
+    head = fst.read_bytes()[:25]
+    # FST header block: type 0, section length, start time, end time (in ps of simulated time)
+    kind, _, start, end = head[0], *struct.unpack(">QQQ", head[1:25])
+    assert kind == 0 and end > start + 1000
