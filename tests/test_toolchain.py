@@ -131,3 +131,19 @@ def test_doctor_reports_missing_tool_as_failed_step(monkeypatch):
     assert failed and failed[0].name in ("versions", "host-tools")
     assert any("g++, make, perl" in s.detail for s in failed)
     assert time.perf_counter() - start < 30
+
+
+def test_elaboration_is_cached_by_parameters_and_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv(toolchain.CACHE_ENV, str(tmp_path))
+    calls = []
+
+    def convert():
+        calls.append(1)
+        return f"module m; // {len(calls)}\nendmodule\n"
+
+    first = toolchain.cached_verilog("m", {"rows": 8}, ("pcmhil.errors",), convert)
+    assert toolchain.cached_verilog("m", {"rows": 8}, ("pcmhil.errors",), convert) == first
+    assert len(calls) == 1
+    toolchain.cached_verilog("m", {"rows": 12}, ("pcmhil.errors",), convert)
+    toolchain.cached_verilog("m", {"rows": 8}, ("pcmhil.errors", "pcmhil.transport"), convert)
+    assert len(calls) == 3
