@@ -13,6 +13,7 @@ import numpy as np
 from cocotb.triggers import FallingEdge, RisingEdge
 
 from pcmhil.cosim import vpi
+from pcmhil.cosim.harness import TIED_OFF
 from pcmhil.interface import (
     BOUNDARY_WORD_BITS,
     CCO_COUNT_LANE_BITS,
@@ -52,18 +53,22 @@ def lanes_to_words(lanes: np.ndarray, lane_bits: int, n_words: int) -> list[int]
 class BoundaryPorts:
     """The t{n}__* ports of tile n on the cosim top."""
 
-    def __init__(self, dut, tile: int, geometry: Geometry):
+    def __init__(self, dut, tile: int, geometry: Geometry, mode: str):
+        if mode not in TIED_OFF:
+            raise ValueError(f"mode must be 'cycle' or 'transaction', not {mode!r}")
         self.dut = dut
         self.geometry = geometry
+        self.mode = mode
         self.layout = BoundaryLayout(geometry)
         self.prefix = f"t{tile}__"
         lay = self.layout
+        # the testbench of a mode ties off the input the other mode drives, and boundary_mode
+        inputs = {"transaction": ("cco_count", lay.count_words), "cycle": ("cco_pulses", lay.pulse_words)}
         self._vectors = {name: vpi.words([self.port(f"{name}__{k}") for k in range(count)])
                          for name, count in (("drive_en", lay.drive_words), ("drive_neg", lay.drive_words),
-                                             ("drive_mag", lay.mag_words), ("cco_count", lay.count_words),
-                                             ("cco_pulses", lay.pulse_words))}
+                                             ("drive_mag", lay.mag_words), inputs[mode])}
         self._scalars = {name: vpi.Word(self.port(name)) for name in (
-            "win_select", "win_cycles", "win_full", "win_active", "win_start", "boundary_mode",
+            "win_select", "win_cycles", "win_full", "win_active", "win_start",
             "prog_valid", "prog_index", "prog_data", "prog_commit", "prog_row", "prog_mode")}
 
     def port(self, name: str):
@@ -78,21 +83,18 @@ class BoundaryPorts:
     def write_words(self, name: str, words: list[int]) -> None:
         vpi.write_all(self._vectors[name], words)
 
-    def reset(self, transaction: bool) -> None:
-        self._scalars["boundary_mode"].write(int(transaction))
-        self.write_words("cco_pulses", [0] * self.layout.pulse_words)
-        self.write_words("cco_count", [0] * self.layout.count_words)
+    def reset(self) -> None:
+        name = "cco_count" if self.mode == "transaction" else "cco_pulses"
+        self.write_words(name, [0] * len(self._vectors[name]))
 
     # ---- windows ---------------------------------------------------------------------------
 
-    async def serve_windows(self, analog, mode: str) -> None:
+    async def serve_windows(self, analog) -> None:
         """`analog()` returns the tile's current analog model."""
-        if mode == "transaction":
+        if self.mode == "transaction":
             await self._serve_transactions(analog)
-        elif mode == "cycle":
-            await self._serve_cycles(analog)
         else:
-            raise ValueError(f"mode must be 'cycle' or 'transaction', not {mode!r}")
+            await self._serve_cycles(analog)
 
     async def _serve_transactions(self, analog) -> None:
         rows, cols = self.geometry.rows, self.geometry.cols

@@ -53,18 +53,37 @@ CLK_PERIOD_NS = 1
 _PORT = re.compile(r"^\s*(input|output)\s+(?:\[(\d+):0\]\s+)?([A-Za-z_][A-Za-z0-9_$]*);", re.M)
 
 
-def testbench_verilog(harness_verilog: str) -> str:
+#: The analog inputs of a tile that each fidelity mode leaves constant (numerics.md section 2: in
+#: transaction mode the analog side gives counts and no pulses, in cycle mode the reverse), and
+#: its boundary_mode.
+TIED_OFF = {"transaction": ("cco_pulses", 1), "cycle": ("cco_count", 0)}
+#: Harness signals Python touches besides the testbench's: the DMA memories.
+HARNESS_PUBLIC = (f"{TOPLEVEL}:dma_in", f"{TOPLEVEL}:dma_out")
+
+
+def testbench_verilog(harness_verilog: str, mode: str | None = None) -> str:
     """The simulation top: every harness port as a testbench signal (inputs are regs that the
-    server writes), and the clock generated in HDL."""
+    server writes), and the clock generated in HDL. For a fidelity `mode`, the analog inputs the
+    other mode would drive are tied to constants, so Verilator removes the logic behind them
+    (signals Python may write are re-evaluated on every evaluation step)."""
     start = harness_verilog.index(f"module {TOPLEVEL}(")
     ports = _PORT.findall(harness_verilog[start:harness_verilog.index("endmodule", start)])
+    tied, boundary_mode = TIED_OFF[mode] if mode else (None, None)
+    constant = {}
+    if mode:
+        tie = re.compile(rf"^t\d+__{tied}__\d+$")
+        for _, msb, name in ports:
+            if tie.match(name):
+                constant[name] = f"{int(msb) + 1 if msb else 1}'d0"
+            elif re.match(r"^t\d+__boundary_mode$", name):
+                constant[name] = f"1'd{boundary_mode}"
     lines = [f"module {TESTBENCH};", "  reg clk = 1'b0;",
              f"  always #{CLK_PERIOD_NS / 2} clk = ~clk;"]
     for direction, msb, name in ports:
-        if name != "clk":
+        if name != "clk" and name not in constant:
             width = f"[{msb}:0] " if msb else ""
             lines.append(f"  reg {width}{name} = 0;" if direction == "input" else f"  wire {width}{name};")
-    connections = ",\n".join(f"    .{name}({name})" for _, _, name in ports)
+    connections = ",\n".join(f"    .{name}({constant.get(name, name)})" for _, _, name in ports)
     lines += [f"  {TOPLEVEL} {INSTANCE} (\n{connections}\n  );", "endmodule", ""]
     return "\n".join(lines)
 

@@ -61,7 +61,7 @@ class Server:
         self.out_words: list[int] = []  # beats drained from the ring, not yet a whole packet
         self.out_packets: list[np.ndarray] = []
         self.rptr = 0
-        self.ports = [BoundaryPorts(dut, t, self.geometry) for t in range(self.geometry.tiles)]
+        self.ports = [BoundaryPorts(dut, t, self.geometry, self.mode) for t in range(self.geometry.tiles)]
         self.stats = {"requests": 0, "handle_s": 0.0, "clock_only_s": 0.0, "clock_only_cycles": 0}
 
     def build_analog(self, spec) -> list:
@@ -73,7 +73,7 @@ class Server:
         for t, ports in enumerate(self.ports):
             # the bindings look the tile's model up on every window, so reset() can replace it
             analog = lambda t=t: self.analog[t]  # noqa: E731
-            cocotb.start_soon(ports.serve_windows(analog, self.mode))
+            cocotb.start_soon(ports.serve_windows(analog))
             cocotb.start_soon(ports.serve_programming(analog))
 
     async def reset(self, spec=None) -> None:
@@ -84,7 +84,7 @@ class Server:
         self.sig["csr_strb"].write(0b1111)
         self.sig["rst"].write(1)
         for ports in self.ports:
-            ports.reset(transaction=self.mode == "transaction")
+            ports.reset()
         await clock_cycles(4)
         self.sig["rst"].write(0)
         if spec is not None:

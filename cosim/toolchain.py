@@ -164,7 +164,7 @@ class BuildSpec:
     waves: bool = False
     extra_key: Mapping[str, str] = field(default_factory=dict)
     #: None: every signal is VPI-visible (--public-flat-rw, what cocotb's runner does); else the
-    #: names of the modules whose signals Python may touch (much faster simulation).
+    #: signals Python may touch, as "module" or "module:var" (much faster simulation).
     public: tuple[str, ...] | None = None
     #: Verilator --timing: the design may contain delays (a clock generated in HDL).
     timing: bool = False
@@ -298,9 +298,11 @@ TIMING_MAKE_VARS = {"CFG_CXXFLAGS_COROUTINES": "-fcoroutines", "CFG_CXXFLAGS_STD
 TIMING_TIMESCALE = "1ns/1ps"
 
 
-def _vlt_public(modules: Sequence[str]) -> str:
-    """A Verilator control file making only these modules' own signals visible through VPI."""
-    lines = [f'public_flat_rw -module "{module}" -var "*"' for module in modules]
+def _vlt_public(public: Sequence[str]) -> str:
+    """A Verilator control file making only these signals visible through VPI: "module" (all
+    its own signals) or "module:var" (one signal or memory; wildcards allowed)."""
+    lines = [f'public_flat_rw -module "{item.partition(":")[0]}" -var "{item.partition(":")[2] or "*"}"'
+             for item in public]
     return "\n".join(["`verilator_config", *lines]) + "\n"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pcmhil.cosim import toolchain
-from pcmhil.cosim.harness import TESTBENCH, TOPLEVEL, CosimHarness, testbench_verilog
+from pcmhil.cosim.harness import HARNESS_PUBLIC, TESTBENCH, TOPLEVEL, CosimHarness, testbench_verilog
 from pcmhil.cosim.link import LinkClosed, recv_message, send_message
 from pcmhil.cosim.server import CONFIG_ENV
 from pcmhil.errors import ConfigError, SimulationError
@@ -48,13 +48,17 @@ def harness_verilog(geometry: Geometry) -> str:
         lambda: verilog.convert(CosimHarness(geometry), name=TOPLEVEL, emit_src=False))
 
 
-def harness_build_spec(geometry: Geometry, waves: bool = False) -> toolchain.BuildSpec:
+def harness_build_spec(geometry: Geometry, waves: bool = False,
+                       mode: str = "transaction") -> toolchain.BuildSpec:
+    """The simulation of `geometry` for one fidelity mode (each mode's build ties off the analog
+    inputs it never drives)."""
     text = harness_verilog(geometry)
-    # Only the testbench and the harness are visible to Python: the chip below is compiled
+    # Only the testbench and the DMA memories are visible to Python: the chip below is compiled
     # without VPI access, as fast as Verilator makes it.
     return toolchain.BuildSpec(
-        toplevel=TESTBENCH, verilog={f"{TOPLEVEL}.v": text, f"{TESTBENCH}.v": testbench_verilog(text)},
-        waves=waves, public=(TESTBENCH, TOPLEVEL), timing=True)
+        toplevel=TESTBENCH,
+        verilog={f"{TOPLEVEL}.v": text, f"{TESTBENCH}.v": testbench_verilog(text, mode)},
+        waves=waves, public=(TESTBENCH, *HARNESS_PUBLIC), timing=True)
 
 
 class CosimTransport(Transport):
@@ -78,7 +82,7 @@ class CosimTransport(Transport):
         progress = progress or (lambda _msg: None)
         try:
             progress("building the chip RTL (cached when unchanged)")
-            built = toolchain.build(harness_build_spec(geometry, waves=bool(waves)))
+            built = toolchain.build(harness_build_spec(geometry, waves=bool(waves), mode=mode))
             progress(f"Verilator build {'reused' if built.cached else 'done'} ({built.seconds:.1f} s)")
             self._start(built, analog, waves, start_timeout_s, python_path)
         except BaseException:
