@@ -128,10 +128,10 @@ class BoundaryPorts:
                 if self.scalar("win_start") or window is None:
                     # cycle 0 of a window (back-to-back windows have no idle cycle between them)
                     window = analog().begin_window(self.scalar("win_select"))
+                    # the polarities are latched for the whole window (numerics.md section 2)
+                    sign = np.where(words_to_bits(self.words("drive_neg"), rows), -1, 1)
                 enabled = words_to_bits(self.words("drive_en"), rows)
-                negative = words_to_bits(self.words("drive_neg"), rows)
-                active = np.where(enabled, np.where(negative, -1, 1), 0).astype(np.int64)
-                pulses = window.step(active)
+                pulses = window.step(np.where(enabled, sign, 0))
                 self.write_words("cco_pulses", lanes_to_words(pulses, CCO_PULSE_BITS, lay.pulse_words))
 
     # ---- programming -----------------------------------------------------------------------
