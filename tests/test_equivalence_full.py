@@ -16,8 +16,11 @@ from pcmhil.model.analog_tile import AnalogSpec
 
 pytestmark = [pytest.mark.cosim, pytest.mark.slow]
 PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
-#: Geometries drawn once (each one is a Verilator build); workloads per geometry and mode.
+#: Geometries drawn once (each one is a Verilator build per mode); workloads per geometry and mode.
 GEOMETRY_SEED, GEOMETRIES, WORKLOADS = 2026, 5, 200
+#: The edges of the limits (interface.Geometry): the most tiles, more rows than 256, and the
+#: smallest tile; fewer workloads each (on top of the >= 1,000 above).
+EDGE_GEOMETRIES, EDGE_WORKLOADS = (Geometry(4, 8, 8), Geometry(260, 12, 1), Geometry(4, 4, 1)), 40
 
 
 def random_geometries():
@@ -26,11 +29,14 @@ def random_geometries():
             for _ in range(GEOMETRIES)]
 
 
+CASES = [(g, WORKLOADS) for g in random_geometries()] + [(g, EDGE_WORKLOADS) for g in EDGE_GEOMETRIES]
+
+
 @pytest.mark.parametrize("mode", ["transaction", "cycle"])
-@pytest.mark.parametrize("geometry", random_geometries(), ids=str)
-def test_thousand_workloads(geometry, mode):
+@pytest.mark.parametrize(("geometry", "workloads"), CASES, ids=[str(g) for g, _ in CASES])
+def test_thousand_workloads(geometry, workloads, mode):
     with CosimTransport(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
-        for k in range(WORKLOADS):
+        for k in range(workloads):
             spec = AnalogSpec(kwargs={"preset": PRESETS[k % len(PRESETS)], "seed": k})
             workload = random_workload(geometry, 10_000 + k, n_ops=20)
             cosim.reset(spec)
