@@ -135,18 +135,23 @@ def cmd_bench_cosim(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pcmhil.interface import Geometry
-    from pcmhil.rtl.export import export_verilog
+    from pcmhil.rtl.export import export
 
     geometry = Geometry(args.rows, args.cols, args.tiles)
-    result = export_verilog(geometry, args.out)
-    report = result.pop("lint_report")
+    result = export(geometry, args.out, args.target, progress=None if args.json else _progress)
     if args.json:
         print(json.dumps(result))
-    else:
-        print("\n".join(result["files"]))
-        print(f"verilator --lint-only -Wall: {'clean' if result['lint_ok'] else 'FAILED'}")
-        if not result["lint_ok"]:
-            print(report)
+        return 0 if result["lint_ok"] else 1
+    print("\n".join(result["files"]))
+    print(f"verilator --lint-only -Wall: {'clean' if result['lint_ok'] else 'FAILED (see lint_report.txt)'}")
+    if result["device"]:
+        print(f"{result['device']}: {result['luts']} LUTs ({result['lut_utilization_pct']} %), "
+              f"{result['ffs']} FFs, {result['brams']} BRAMs, {result['dsps']} DSPs")
+        if result["pnr_ok"]:
+            print(f"Fmax {result['fmax_mhz']} MHz (target {result['fmax_target_mhz']:g} MHz); "
+                  f"critical path {result['critical_path']['from']} -> {result['critical_path']['to']}")
+        else:
+            print(f"place and route failed: {result['pnr_error']}")
     return 0 if result["lint_ok"] else 1
 
 
@@ -248,8 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     bcosim.add_argument("--json", action="store_true")
     bcosim.set_defaults(func=cmd_bench_cosim)
 
-    export = sub.add_parser("export", help="write the chip top as Verilog and lint it")
-    export.add_argument("--out", required=True, metavar="DIR")
+    export = sub.add_parser("export", help="the chip as Verilog, its register map and boundary, lint, "
+                                           "FPGA synthesis and timing")
+    export.add_argument("--out", default="pcmhil-export", metavar="DIR")
+    export.add_argument("--target", choices=("generic", "ecp5", "ice40"), default="generic",
+                        help="ecp5 / ice40: also Yosys synthesis and nextpnr place and route")
     export.add_argument("--rows", type=int, default=256)
     export.add_argument("--cols", type=int, default=256)
     export.add_argument("--tiles", type=int, default=1)
