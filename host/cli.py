@@ -35,8 +35,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from pcmhil.host.evaluate import infer
 
     result = infer(args.model, args.data, args.backend, images=args.images, preset=args.preset,
-                   t_inference_s=args.t_inference, gdc=args.gdc, seed=args.seed, mode=args.mode,
-                   verify=args.verify, progress=None if args.json else _progress)
+                   t_inference_s=args.t_inference, gdc=args.gdc, gdc_per_column=args.gdc_per_column,
+                   replicate=args.replicate, seed=args.seed, mode=args.mode, verify=args.verify,
+                   progress=None if args.json else _progress)
     _emit(result, args.json)
     return 0
 
@@ -48,16 +49,17 @@ def cmd_drift(args: argparse.Namespace) -> int:
     gdc = (args.gdc,) if args.gdc is not None else (False, True)
     models = [args.model] + ([args.contrast] if args.contrast else [])
     results = [drift(m, args.data, times_s=times, seeds=args.seeds, preset=args.preset, gdc=gdc,
-                     images=args.images, backend=args.backend,
-                     progress=None if args.json else _progress) for m in models]
+                     gdc_per_column=args.gdc_per_column, replicate=args.replicate, images=args.images,
+                     backend=args.backend, progress=None if args.json else _progress) for m in models]
     if args.plot:
         plot_drift(results, args.plot)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else {"runs": results}))
     else:
         for result in results:
-            print(f"{result['model']} ({result['preset']}, {result['seeds']} seeds, float "
-                  f"{100 * result['float_accuracy']:.2f} %)")
+            tiles = result["tiles_used"]
+            print(f"{result['model']} ({result['preset']}, {result['seeds']} seeds, {tiles} "
+                  f"tile{'s' if tiles != 1 else ''}, float {100 * result['float_accuracy']:.2f} %)")
             for r in result["results"]:
                 print(f"  t = {r['t_s']:>10g} s  {'GDC   ' if r['gdc'] else 'no GDC'}  "
                       f"{100 * r['accuracy_mean']:6.2f} +- {100 * r['accuracy_std']:.2f} %")
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--t-inference", type=float, default=1.0, metavar="SECONDS")
     infer.add_argument("--gdc", action=argparse.BooleanOptionalAction, default=True,
                        help="global drift compensation")
+    infer.add_argument("--gdc-per-column", action="store_true",
+                       help="drift compensation per column instead of one factor per tile")
+    infer.add_argument("--replicate", action=argparse.BooleanOptionalAction, default=True,
+                       help="copies of the weights in idle columns, averaged (else one copy per weight)")
     infer.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                        help="program-and-verify (else one-shot programming)")
     infer.add_argument("--seed", type=int, default=0)
@@ -199,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--preset", default="pcm")
     drift.add_argument("--gdc", action=argparse.BooleanOptionalAction, default=None,
                        help="only with (--gdc) or only without (--no-gdc); default both")
+    drift.add_argument("--gdc-per-column", action="store_true",
+                       help="drift compensation per column instead of one factor per tile")
+    drift.add_argument("--replicate", action=argparse.BooleanOptionalAction, default=True,
+                       help="copies of the weights in idle columns, averaged (else one copy per weight)")
     drift.add_argument("--json", action="store_true")
     drift.add_argument("--plot", metavar="FILE.png")
     drift.set_defaults(func=cmd_drift)

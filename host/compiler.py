@@ -7,10 +7,16 @@ block's dequantised int8 outputs: see host/inference.py) and column blocks. Bloc
 tiles diagonally: each block takes rows and columns no other block of its tile uses, so small
 layers share a tile and a block's MVM (only its rows driven) never sees another block's
 devices. Weights are scaled per column of a block to the full conductance range.
+
+Copies. The columns a tile leaves idle hold further copies of its blocks, averaged on the host
+(`_fill_columns`). Row copies (the same inputs on several row groups, whose currents add in the
+column) raise the signal above the ADC quantisation too, but the mapper cannot see the ADC's
+range from the host, so they are only made when asked for (`copies`), never by default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +41,8 @@ class Block:
     in_stop: int
     out_start: int
     out_stop: int
+    row_copies: int = 1  # copies stacked over rows, driven with the same inputs (currents add)
+    col_copies: int = 1  # copies side by side over columns (their outputs are averaged)
 
     @property
     def rows(self) -> int:
@@ -43,6 +51,16 @@ class Block:
     @property
     def cols(self) -> int:
         return self.out_stop - self.out_start
+
+    @property
+    def tile_rows(self) -> int:
+        """Crossbar rows the block occupies, from row0."""
+        return self.rows * self.row_copies
+
+    @property
+    def tile_cols(self) -> int:
+        """Crossbar columns the block occupies, from col0 (copy c of output k at col0 + c * cols + k)."""
+        return self.cols * self.col_copies
 
     @property
     def first_row_block(self) -> bool:
@@ -68,7 +86,7 @@ class Mapping:
 
     def report(self) -> dict:
         g = self.geometry
-        cells = sum(b.rows * b.cols for blocks in self.blocks.values() for b in blocks)
+        cells = sum(b.tile_rows * b.tile_cols for blocks in self.blocks.values() for b in blocks)
         mvms = sum(self.positions(self.graph.node(name)) * len(blocks)
                    for name, blocks in self.blocks.items())
         return {
@@ -78,6 +96,7 @@ class Mapping:
             "layers": {name: {"blocks": len(blocks),
                               "row_blocks": len({b.in_start for b in blocks}),
                               "col_blocks": len({b.out_start for b in blocks}),
+                              "copies": [[b.row_copies, b.col_copies] for b in blocks],
                               "tiles": sorted({b.tile for b in blocks})}
                        for name, blocks in self.blocks.items()},
         }
@@ -90,30 +109,71 @@ def _split(size: int, limit: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
-def map_graph(graph: Graph, rows: int = 256, cols: int = 256, max_tiles: int = TILES_MAX) -> Mapping:
+def map_graph(graph: Graph, rows: int = 256, cols: int = 256, max_tiles: int = TILES_MAX,
+              copies: dict[str, tuple[int, int]] | None = None) -> Mapping:
     """Place every MVM layer of `graph` on tiles of rows x cols; ConfigError if it needs more
-    than `max_tiles` tiles (the message gives the numbers)."""
+    than `max_tiles` tiles (the message gives the numbers).
+
+    `copies` maps a layer name to the (row copies, column copies) of each of its blocks (layers
+    not named: one of each). By default (None) every block has one row copy and the columns its
+    tile leaves idle hold further column copies (`_fill_columns`)."""
     Geometry(rows, cols, 1)  # validates the tile size
     placed: dict[str, list[Block]] = {}
     tile, row, col = 0, 0, 0
     for node in graph.mvm_nodes:
         fan_in, fan_out = weight_matrix(node).T.shape
         placed[node.name] = []
+        row_copies, col_copies = (copies or {}).get(node.name, (1, 1))
         for in_start, in_stop in _split(fan_in, rows):
             for out_start, out_stop in _split(fan_out, cols):
-                h, w = in_stop - in_start, out_stop - out_start
-                if row + h > rows or col + w > cols:
+                block = Block(node.name, tile, row, col, in_start, in_stop, out_start, out_stop,
+                              row_copies, col_copies)
+                if block.tile_rows > rows or block.tile_cols > cols:
+                    raise ConfigError(f"copies of layer {node.name!r} must fit a {rows}x{cols} tile, "
+                                      f"not need {block.tile_rows}x{block.tile_cols}")
+                if row + block.tile_rows > rows or col + block.tile_cols > cols:
                     tile, row, col = tile + 1, 0, 0
-                placed[node.name].append(Block(node.name, tile, row, col, in_start, in_stop,
-                                               out_start, out_stop))
-                row, col = row + h, col + w
+                placed[node.name].append(dataclasses.replace(block, tile=tile, row0=row, col0=col))
+                row, col = row + block.tile_rows, col + block.tile_cols
     needed = tile + 1
     if needed > max_tiles:
+        blocks = sum(len(b) for b in placed.values())
+        weights = sum(int(np.prod(weight_matrix(n).shape)) for n in graph.mvm_nodes)
         raise ConfigError(
             f"the model must fit in {max_tiles} tiles of {rows}x{cols}, not need {needed}: its MVM "
-            f"layers hold {sum(int(np.prod(weight_matrix(n).shape)) for n in graph.mvm_nodes)} weights "
-            f"and the chip has {max_tiles * rows * cols} cells")
+            f"layers hold {weights} weights in {blocks} blocks of at most {rows}x{cols}, and a tile "
+            f"holds blocks on disjoint rows and columns only (the chip has {max_tiles * rows * cols} "
+            f"cells)")
+    if copies is None:
+        placed = _fill_columns(placed, cols)
     return Mapping(graph, Geometry(rows, cols, needed), placed)
+
+
+def _fill_columns(placed: dict[str, list[Block]], cols: int) -> dict[str, list[Block]]:
+    """The blocks with column copies in the columns their tile leaves idle.
+
+    The copies of a weight are programmed independently and read by their own ADCs, so the
+    average of their outputs has the programming, drift and read noise of the devices and the
+    ADC quantisation reduced by sqrt(copies). Rows are programmed and verified row-wise, so
+    copies cost no programming time and no tiles. On each tile, idle columns go one copy at a
+    time to the block with the fewest copies (the narrowest first) while one more fits."""
+    filled: dict[Block, Block] = {}
+    for tile in sorted({b.tile for blocks in placed.values() for b in blocks}):
+        on_tile = [b for blocks in placed.values() for b in blocks if b.tile == tile]
+        counts = [1] * len(on_tile)
+        used = sum(b.cols for b in on_tile)
+        while True:
+            order = sorted(range(len(on_tile)), key=lambda i: (counts[i], on_tile[i].cols))
+            grow = next((i for i in order if used + on_tile[i].cols <= cols), None)
+            if grow is None:
+                break
+            counts[grow] += 1
+            used += on_tile[grow].cols
+        col0 = 0
+        for block, count in zip(on_tile, counts, strict=True):
+            filled[block] = dataclasses.replace(block, col0=col0, col_copies=count)
+            col0 += block.cols * count
+    return {name: [filled[b] for b in blocks] for name, blocks in placed.items()}
 
 
 def block_codes(node: Node, block: Block) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,6 +194,8 @@ def tile_codes(mapping: Mapping, tile: int) -> tuple[np.ndarray, np.ndarray]:
     minus = np.zeros_like(plus)
     for block in mapping.blocks_of_tile(tile):
         p, m, _ = block_codes(mapping.graph.node(block.node), block)
-        plus[block.row0:block.row0 + block.rows, block.col0:block.col0 + block.cols] = p
-        minus[block.row0:block.row0 + block.rows, block.col0:block.col0 + block.cols] = m
+        rows = slice(block.row0, block.row0 + block.tile_rows)
+        cols = slice(block.col0, block.col0 + block.tile_cols)
+        plus[rows, cols] = np.tile(p, (block.row_copies, block.col_copies))
+        minus[rows, cols] = np.tile(m, (block.row_copies, block.col_copies))
     return plus, minus

@@ -59,9 +59,11 @@ def predictions_sha256(predictions: np.ndarray) -> str:
 
 def deploy(graph: Graph, data: Data, backend: str, *, preset: str = DEFAULT_PRESET, seed: int = 0,
            mode: str = "transaction", verify: bool = True, read_mode: ReadMode = ReadMode.ONE_PHASE,
-           progress=None, **transport_options) -> Deployment:
-    """Map, program (with verify) and calibrate `graph` on a fresh chip of `backend`."""
-    mapping = map_graph(graph)
+           copies: dict[str, tuple[int, int]] | None = None, progress=None,
+           **transport_options) -> Deployment:
+    """Map (`copies` as map_graph takes them: by default, column copies in idle columns), program
+    (with verify) and calibrate `graph` on a fresh chip of `backend`."""
+    mapping = map_graph(graph, copies=copies)
     spec = AnalogSpec(kwargs={"preset": preset, "seed": seed})
     transport = open_transport(backend, mapping.geometry, spec, mode=mode, progress=progress,
                                **transport_options)
@@ -72,7 +74,8 @@ def deploy(graph: Graph, data: Data, backend: str, *, preset: str = DEFAULT_PRES
 
 
 def infer(model: str, data: str = "digits", backend: str = "twin", *, images: int | None = None,
-          preset: str = DEFAULT_PRESET, t_inference_s: float = 1.0, gdc: bool = True, seed: int = 0,
+          preset: str = DEFAULT_PRESET, t_inference_s: float = 1.0, gdc: bool = True,
+          gdc_per_column: bool = False, replicate: bool = True, seed: int = 0,
           mode: str = "transaction", verify: bool = True, progress=None) -> dict:
     check_backend(backend)
     if not np.isfinite(t_inference_s) or t_inference_s < 0:
@@ -87,12 +90,12 @@ def infer(model: str, data: str = "digits", backend: str = "twin", *, images: in
         run_seconds = time.perf_counter() - start
     else:
         dep = deploy(graph, d, backend, preset=preset, seed=seed, mode=mode, verify=verify,
-                     progress=progress)
+                     copies=None if replicate else {}, progress=progress)
         try:
             tiles_used = dep.mapping.geometry.tiles
             dep.chip.advance_time(t_inference_s)
             if gdc:
-                dep.compensate_drift()
+                dep.compensate_drift(per_column=gdc_per_column)
             run_start = time.perf_counter()
             logits = dep.run(d.x_test)
             run_seconds = time.perf_counter() - run_start
@@ -110,9 +113,10 @@ def infer(model: str, data: str = "digits", backend: str = "twin", *, images: in
 
 
 def drift(model: str, data: str = "digits", *, times_s=(1, 3600, 86400, 2592000, 31536000),
-          seeds: int = 3, preset: str = DEFAULT_PRESET, gdc=(False, True), images: int | None = None,
-          backend: str = "twin", progress=None) -> dict:
-    """Accuracy mean/std over `seeds` chips at each time after programming, with/without GDC."""
+          seeds: int = 3, preset: str = DEFAULT_PRESET, gdc=(False, True), gdc_per_column: bool = False,
+          replicate: bool = True, images: int | None = None, backend: str = "twin", progress=None) -> dict:
+    """Accuracy mean/std over `seeds` chips at each time after programming, with/without GDC
+    (global, or per column with `gdc_per_column`)."""
     check_backend(backend)
     times = sorted(float(t) for t in times_s)
     if not times or times[0] < 0:
@@ -123,7 +127,7 @@ def drift(model: str, data: str = "digits", *, times_s=(1, 3600, 86400, 2592000,
     d = load_data(data, graph, images)
     acc = {(t, g): [] for t in times for g in gdc}
     for seed in range(seeds):
-        dep = deploy(graph, d, backend, preset=preset, seed=seed)
+        dep = deploy(graph, d, backend, preset=preset, seed=seed, copies=None if replicate else {})
         now = 0.0
         try:
             for t in times:
@@ -131,7 +135,7 @@ def drift(model: str, data: str = "digits", *, times_s=(1, 3600, 86400, 2592000,
                 now = t
                 for g in gdc:
                     if g:
-                        dep.compensate_drift()
+                        dep.compensate_drift(per_column=gdc_per_column)
                     else:
                         dep.reset_drift_compensation()
                     acc[(t, g)].append(accuracy(dep.run(d.x_test), d.y_test))
@@ -142,6 +146,7 @@ def drift(model: str, data: str = "digits", *, times_s=(1, 3600, 86400, 2592000,
             dep.chip.transport.close()
     return {
         "model": model, "backend": backend, "preset": preset, "seeds": seeds, "images": len(d.x_test),
+        "gdc_per_column": gdc_per_column, "replicate": replicate, "tiles_used": dep.mapping.geometry.tiles,
         "float_accuracy": accuracy(run_float(graph, d.x_test), d.y_test),
         "results": [{"t_s": t, "gdc": g, "accuracy_mean": float(np.mean(acc[(t, g)])),
                      "accuracy_std": float(np.std(acc[(t, g)])), "accuracies": acc[(t, g)]}
@@ -150,28 +155,46 @@ def drift(model: str, data: str = "digits", *, times_s=(1, 3600, 86400, 2592000,
 
 
 def plot_drift(results: list[dict], path: str | Path) -> None:
-    """Accuracy vs. time after programming (log axis), one line per model and GDC setting."""
+    """Accuracy vs. time after programming (log axis), one line per model and GDC setting. When
+    both settings were run, a second panel zooms in on the compensated lines, which the collapse
+    without compensation would flatten."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for result in results:
-        for g in sorted({r["gdc"] for r in result["results"]}):
-            rows = [r for r in result["results"] if r["gdc"] == g]
-            ax.errorbar([r["t_s"] for r in rows], [100 * r["accuracy_mean"] for r in rows],
-                        yerr=[100 * r["accuracy_std"] for r in rows], marker="o", capsize=3,
-                        linestyle="-" if g else "--",
-                        label=f"{result['model']} ({'GDC' if g else 'no GDC'})")
-        ax.axhline(100 * result["float_accuracy"], color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("time after programming (s)")
-    ax.set_ylabel(f"test accuracy (%), mean +- std over {results[0]['seeds']} seeds")
-    ax.set_title(f"accuracy vs. drift ({results[0]['preset']} preset, {results[0]['backend']}); "
-                 "dotted: float")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    both = all({r["gdc"] for r in result["results"]} == {False, True} for result in results)
+    fig, axes = plt.subplots(1, 2 if both else 1, figsize=(12 if both else 7.5, 4.8), squeeze=False)
+    for ax, settings in zip(axes[0], ((False, True), (True,)) if both else ((False, True),), strict=True):
+        _plot_drift_panel(ax, results, settings)
+    first = results[0]
+    axes[0][0].set_ylabel(f"test accuracy (%), mean +- std over {first['seeds']} seeds")
+    if both:
+        axes[0][1].set_title("with drift compensation (zoom)", fontsize=10)
+    copies = "column copies in idle columns" if first["replicate"] else "one copy per weight"
+    fig.suptitle(f"accuracy vs. drift: {first['preset']} preset, {first['backend']}, {copies}, "
+                 f"{first['images']} test images", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_drift_panel(ax, results: list[dict], settings: tuple[bool, ...]) -> None:
+    series = 0
+    for index, result in enumerate(results):
+        color = f"C{index}"
+        gdc = "per-column GDC" if result["gdc_per_column"] else "GDC"
+        for g in sorted({r["gdc"] for r in result["results"]} & set(settings)):
+            rows = [r for r in result["results"] if r["gdc"] == g]
+            dodge = 1.12**series  # side by side on the log axis, so the error bars stay apart
+            series += 1
+            ax.errorbar([r["t_s"] * dodge for r in rows], [100 * r["accuracy_mean"] for r in rows],
+                        yerr=[100 * r["accuracy_std"] for r in rows], marker="o" if g else "s", capsize=3,
+                        color=color, linestyle="-" if g else "--",
+                        label=f"{result['model']} ({gdc if g else 'no GDC'})")
+        ax.axhline(100 * result["float_accuracy"], color=color, linewidth=0.8, linestyle=":",
+                   label=f"{result['model']} float")
+    ax.set_xscale("log")
+    ax.set_xlabel("time after programming (s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
