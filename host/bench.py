@@ -2,8 +2,10 @@
 
 At one geometry (default 256x256): cosim MVM/s in transaction and cycle mode, the ceiling (the
 same RTL clocked for the same number of cycles with no model and no bus traffic), the twin's
-MVM/s on a batch, and a plain numpy float matmul of that batch, with their ratios and where the
-cosim's wall time goes (Verilator clocking, bus/DMA Python, the analog model, the host link).
+MVM/s on a batch (end to end through the driver: Chip.mvm on int8 inputs), and a plain numpy
+float matmul of that batch, with their ratios and where the wall time goes (cosim: Verilator
+clocking, bus/DMA Python, the analog model, the host link; twin: the analog model vs. the
+twin's digital side and the driver).
 """
 
 from __future__ import annotations
@@ -60,27 +62,44 @@ def _cosim(geometry: Geometry, mode: str, count: int, seed: int, preset: str, pr
     }
 
 
+def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str = "hermes-2dev",
+               repeats: int = 5) -> dict:
+    """The twin's MVM/s on a batch of int8 vectors through Chip.mvm, and a numpy float64 matmul
+    of the same batch: medians of `repeats` runs each, the twin's first (the matmul's BLAS
+    threads may go on spinning after a call and slow a single-threaded run that follows)."""
+    twin = _programmed_chip("twin", geometry, seed, preset)
+    analog = twin.transport.tiles[0].analog
+    x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, geometry.rows)).astype(np.int8)
+    twin.mvm(0, x[:10])  # warm up (cached conductance matrices)
+    runs = []
+    for _ in range(repeats):
+        model_before, start = analog.busy_s, time.perf_counter()
+        twin.mvm(0, x)
+        runs.append((time.perf_counter() - start, analog.busy_s - model_before))
+    twin_s, model_s = np.median(runs, axis=0)
+    xf, wf = x.astype(np.float64), np.random.default_rng(seed).standard_normal((geometry.rows, geometry.cols))
+    xf @ wf  # warm up (BLAS threads)
+    matmul_runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        xf @ wf
+        matmul_runs.append(time.perf_counter() - start)
+    matmul_s = float(np.median(matmul_runs))
+    return {"mvm_per_s": batch / twin_s, "float_matmul_mvm_per_s": batch / matmul_s,
+            "breakdown_s": {"analog_model": float(model_s), "twin_and_driver": float(twin_s - model_s)}}
+
+
 def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count: int = 40,
                 batch: int = 1000, seed: int = 0, preset: str = "hermes-2dev", progress=None) -> dict:
     say = progress or (lambda _m: None)
     geometry = Geometry(rows, cols, 1)
-    say("twin: batch of MVMs")
-    twin = _programmed_chip("twin", geometry, seed, preset)
-    x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, rows))
-    twin.mvm(0, x[:10])
-    start = time.perf_counter()
-    twin.mvm(0, x)
-    twin_s = time.perf_counter() - start
-    xf, wf = x.astype(np.float64), np.random.default_rng(seed).standard_normal((rows, cols))
-    start = time.perf_counter()
-    for _ in range(5):
-        xf @ wf
-    matmul_s = (time.perf_counter() - start) / 5
+    say(f"twin: batches of {batch} MVMs and float matmuls")
+    twin = bench_twin(geometry, batch, seed, preset)
     say(f"cosim transaction mode: {count} MVMs")
     transaction = _cosim(geometry, "transaction", count, seed, preset, say)
     say(f"cosim cycle mode: {cycle_count} MVMs")
     cycle = _cosim(geometry, "cycle", cycle_count, seed, preset, say)
-    twin_rate, float_rate = batch / twin_s, batch / matmul_s
+    twin_rate, float_rate = twin["mvm_per_s"], twin["float_matmul_mvm_per_s"]
     return {
         "rows": rows, "cols": cols, "preset": preset,
         "cosim_transaction_mvm_per_s": round(transaction["mvm_per_s"], 1),
@@ -95,6 +114,7 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
             "float_vs_twin": round(float_rate / twin_rate, 2),
         },
         "breakdown_s": {"transaction": {k: round(v, 4) for k, v in transaction["breakdown_s"].items()},
-                        "cycle": {k: round(v, 4) for k, v in cycle["breakdown_s"].items()}},
+                        "cycle": {k: round(v, 4) for k, v in cycle["breakdown_s"].items()},
+                        "twin": {k: round(v, 4) for k, v in twin["breakdown_s"].items()}},
         "counts": {"transaction": count, "cycle": cycle_count, "twin_batch": batch},
     }

@@ -20,6 +20,7 @@ from pcmhil.interface import (
 )
 
 _HEADER = {name: (f.offset, f.width) for name, f in data.Layout.cast(PacketHeader)}
+_HEADER_MASKS = tuple((name, offset, (1 << width) - 1) for name, (offset, width) in _HEADER.items())
 
 
 def header_words(kind: PacketType | int, tile: int, aux: np.ndarray | int = 0) -> np.ndarray:
@@ -40,7 +41,7 @@ def header_word(kind: PacketType | int, tile: int, aux: int = 0) -> int:
 def header_fields(words: np.ndarray | int) -> dict[str, np.ndarray | int]:
     """{'type', 'tile', 'aux'} of header word(s)."""
     w = np.asarray(words, dtype=np.uint64) if not isinstance(words, int) else words
-    return {name: (w >> offset) & ((1 << width) - 1) for name, (offset, width) in _HEADER.items()}
+    return {name: (w >> offset) & mask for name, offset, mask in _HEADER_MASKS}
 
 
 def _bytes_to_words(payload: np.ndarray) -> np.ndarray:

@@ -89,12 +89,14 @@ class RegisterState:
 
 def ldpu(raw: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: bool) -> np.ndarray:
     """docs/numerics.md section 5, vectorised: int64 raw [..., cols] -> int8 codes."""
-    acc = raw.astype(np.int64) * gain + bias
+    acc = np.multiply(raw, gain, dtype=np.int64)
+    acc += bias
     if shift:
-        acc = (acc + (1 << (shift - 1))) >> shift
+        acc += 1 << (shift - 1)
+        acc >>= shift
     if relu:
-        acc = np.maximum(acc, 0)
-    return np.clip(acc, OUTPUT_MIN, OUTPUT_MAX).astype(np.int8)
+        np.maximum(acc, 0, out=acc)
+    return np.clip(acc, OUTPUT_MIN, OUTPUT_MAX, out=acc).astype(np.int8)
 
 
 @dataclass
@@ -110,7 +112,7 @@ class TwinTile:
     index: int
     analog: AnalogTile
     regs: RegisterState = field(init=False)
-    act: deque = field(default_factory=deque)  # buffered activation vectors (at most 1 idle)
+    act: np.ndarray = field(init=False)  # buffered activation vectors [k, rows] (at most 1 idle)
     prog_staged: tuple[np.ndarray, np.ndarray] | None = None
     ldpu_staged: tuple[np.ndarray, np.ndarray] | None = None
     running: _Running | None = None
@@ -118,6 +120,7 @@ class TwinTile:
 
     def __post_init__(self):
         self.regs = RegisterState(RegisterMap(self.geometry).tile)
+        self.act = np.zeros((0, self.geometry.rows), dtype=np.int8)
         cols = self.geometry.cols
         self.gain = np.full(cols, LDPU_GAIN_RESET, dtype=np.int64)
         self.bias = np.zeros(cols, dtype=np.int64)
@@ -129,7 +132,7 @@ class TwinTile:
     def _sync_status(self) -> None:
         r = self.regs
         r["STATUS", "busy"] = int(self.running is not None)
-        r["STATUS", "act_ready"] = int(bool(self.act))
+        r["STATUS", "act_ready"] = int(len(self.act) > 0)
         r["STATUS", "prog_staged"] = int(self.prog_staged is not None)
         r["STATUS", "ldpu_staged"] = int(self.ldpu_staged is not None)
 
@@ -231,13 +234,13 @@ class TwinTile:
 
     def _counts(self, durations, negative, select) -> np.ndarray:
         """Run windows, clamp to the counter, account saturation (numerics 3)."""
-        counts = self.analog.windows(durations, negative, select, self.window)
+        counts = np.asarray(self.analog.windows(durations, negative, select, self.window), dtype=np.int64)
         saturated = int(np.count_nonzero(counts > COUNTER_MAX))
         if saturated:
             r = self.regs
             r["STATUS", "saturated"] = 1
             r["SATURATION_COUNT", "count"] = (r["SATURATION_COUNT", "count"] + saturated) & 0xFFFFFFFF
-        return np.clip(counts, 0, COUNTER_MAX)
+        return np.clip(counts, 0, COUNTER_MAX, out=counts)
 
     def _verify(self, row: int) -> None:
         durations = np.zeros((2, self.geometry.rows), dtype=np.int64)
@@ -276,10 +279,10 @@ class TwinTile:
 
     def _drain_activations(self) -> None:
         run = self.running
-        if run is None or run.opcode is not Command.MVM or not self.act:
+        if run is None or run.opcode is not Command.MVM or not len(self.act):
             return
         take = min(run.remaining, len(self.act))
-        x = np.stack([self.act.popleft() for _ in range(take)])
+        x, self.act = self.act[:take], self.act[take:]
         self._emit_results(x)
         run.remaining -= take
         if run.remaining == 0:
@@ -305,7 +308,7 @@ class TwinTile:
                     f"tile {self.index}: input stream stalled: {len(vectors)} activation vectors "
                     f"sent but the tile can only accept {room - len(self.act)} (no MVM command "
                     f"waiting for them); the RTL would back-pressure forever")
-            self.act.extend(vectors)
+            self.act = np.concatenate([self.act, vectors]) if len(self.act) else vectors
             self._drain_activations()
         elif kind is PacketType.PROGRAM_DATA:
             self.prog_staged = pk.unpack_program_data(packets[-1])

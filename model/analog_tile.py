@@ -83,11 +83,15 @@ class AnalogTile:
         select = np.asarray(select).reshape(-1)
         polarity = np.where(np.asarray(negative, dtype=bool), -1, 1)
         ops = self._next_windows(len(durations))
-        counts = np.empty((len(durations), self.cols), dtype=np.int64)
-        for code in np.unique(select):
-            picked = select == code
-            counts[picked] = self.crossbar.cco.window_counts_batch(
-                durations[picked], polarity[picked], SELECTS[int(code)], n_cycles, ops[picked])
+        cco, codes = self.crossbar.cco, np.unique(select)
+        if len(codes) == 1:  # one batch, no copies of the drive (1-phase MVMs)
+            counts = cco.window_counts_batch(durations, polarity, SELECTS[int(codes[0])], n_cycles, ops)
+        else:
+            counts = np.empty((len(durations), self.cols), dtype=np.int64)
+            for code in codes:
+                picked = select == code
+                counts[picked] = cco.window_counts_batch(
+                    durations[picked], polarity[picked], SELECTS[int(code)], n_cycles, ops[picked])
         self.busy_s += time.perf_counter() - start
         return counts
 

@@ -18,8 +18,9 @@ Because E depends on the final phase only, the window count needs sum_c dphi_c, 
   integers where offset + gain * I lies in [0, fmax]), sum_c dphi_c = n * offset + gain * Q
   exactly. drive.currents_may_leave proves that with float32 matmuls over the rows the batch
   drives (one for 4-phase windows, whose currents only shrink during the window; per duration
-  band for 1-phase windows) and a proven rounding margin; it may flag a pair that does not
-  clip, never miss one that does;
+  band for 1-phase windows) and a proven rounding margin, then for 1-phase pairs those bounds
+  left open by an exact integer scan of their currents; it may flag a pair that does not clip,
+  never miss one that does;
 - otherwise (flagged pairs only) the exact sum over the piecewise-constant currents: sort the
   rows by duration, prefix sums give the current of each segment between distinct durations
   (O(rows) per column and window: fast when saturation is rare, as it should be).
@@ -37,6 +38,7 @@ With beta = 0, Nl is the identity and no float rounding is involved at all.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
@@ -55,6 +57,9 @@ from .drive import (
     check_window_cycles,
     currents_may_leave,
     integrated_charge,
+    rows_by_duration,
+    signed_terms,
+    single_threaded_blas,
 )
 from .keyed_rng import KeyedRng, Stream
 from .presets import CcoPreset
@@ -168,26 +173,25 @@ class CcoTransfer:
                       window: np.ndarray, column: np.ndarray) -> np.ndarray:
         """sum_c dphi_c for the (window, column) pairs given, cycle-exact with saturation.
 
-        Rows sorted by decreasing duration (once per window): during cycles [d_(p+1), d_(p))
-        exactly the rows 0..p conduct, so the current there is the prefix sum C_p; after the
-        longest duration no row conducts and the rate is the offset. Cost: O(rows) per pair.
+        Rows sorted by decreasing duration (once per window, `rows_by_duration`): during cycles
+        [d_(p+1), d_(p)) exactly the rows 0..p conduct, so the current there is the prefix sum
+        C_p; after the longest duration no row conducts and the rate is the offset. Cost:
+        O(rows) per pair.
         """
         windows, pair_window = np.unique(window, return_inverse=True)
-        order = np.argsort(-d[windows], axis=1, kind="stable")
-        d_sorted = np.take_along_axis(d[windows], order, axis=1)
-        conducting = int((d_sorted > 0).sum(axis=1).max(initial=0))  # rows never on add nothing
-        order, d_sorted = order[:, :conducting], d_sorted[:, :conducting]
-        s_sorted = np.take_along_axis(s[windows], order, axis=1)
+        columns, pair_column = np.unique(column, return_inverse=True)
+        signed, d_sorted = rows_by_duration(d[windows], s[windows])
+        conducting = d_sorted.shape[1]
         lengths = d_sorted - np.pad(d_sorted[:, 1:], ((0, 0), (0, 1)))
         idle = n_window_cycles - d[windows].max(axis=1)
-        w_columns = np.ascontiguousarray(w_int.T).ravel()  # a column's conductances contiguous
-        rows = w_int.shape[0]
+        terms_of = signed_terms(w_int[:, columns])
+        stride = 2 * w_int.shape[0] + 1
         total = np.empty(len(window), dtype=np.int64)
         step = max(1, _EXACT_CHUNK_ELEMENTS // max(conducting, 1))
         for start in range(0, len(window), step):
-            k, j = pair_window[start:start + step], column[start:start + step]
-            terms = np.take(w_columns, j[:, None] * rows + order[k])
-            terms *= s_sorted[k]
+            k, c = pair_window[start:start + step], pair_column[start:start + step]
+            j = column[start:start + step]
+            terms = np.take(terms_of, c[:, None] * stride + signed[k])
             rate = self._saturated_rate(self.offset[j, None], self.gain[j, None], np.cumsum(terms, axis=1))
             total[start:start + step] = np.einsum("pr,pr->p", lengths[k], rate) + idle[k] * self.offset[j]
         return total
@@ -262,9 +266,10 @@ class CCO:
         check_exact(w, n)                      # on which rows the batch drives
         w, d, s = _driven_rows(w, d, s)
         t = self.transfer
-        window, column = currents_may_leave(w, d, s, n, *t.current_limits)
-        # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
-        advance = integrated_charge(w, d, s, dtype=np.float64)
+        with single_threaded_blas() if len(d) > 1 else nullcontext():  # one window: gemv-sized
+            window, column = currents_may_leave(w, d, s, n, *t.current_limits)
+            # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
+            advance = integrated_charge(w, d, s, dtype=np.float64)
         advance *= t.gain
         advance += n * t.offset
         if len(window):

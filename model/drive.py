@@ -13,14 +13,18 @@ All values are integers, so a float64 BLAS matmul computes the charge exactly wh
 summation order, provided every partial sum stays below 2**53; `check_exact` enforces that bound
 from the geometry (rows x longest duration x largest |W|). The current bounds only need to be
 conservative: they are float32 matmuls (twice as fast) tested against limits shrunk by a proven
-rounding margin (`currents_may_leave`).
+rounding margin, and an exact integer scan of the few (window, column) pairs they leave open
+(`currents_may_leave`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from pcmhil.errors import ConfigError
 
@@ -33,19 +37,42 @@ EXACT_FLOAT_LIMIT = 2**53
 
 #: Unit roundoff of float32 (round to nearest): every float32 operation is exact to this relative error.
 FLOAT32_UNIT = 2.0**-24
-#: Bands of the mixed-sign current test (`_band_test`): a cheap one on every window, a tighter
-#: one on the windows and columns that failed it; each band costs two float32 matmuls.
-_BAND_PLAN = (2, 4)
+#: Most bands of the first mixed-sign current test (`_first_band_count`); each band costs two
+#: float32 matmuls.
+_MAX_FIRST_BANDS = 8
+#: The band test is refined (twice the bands) on the windows it failed only while they are few
+#: (at most this fraction of the batch, or at most _REFINE_FEW_WINDOWS windows) or the failed
+#: pairs are: else the exact scan of the failed pairs is the cheaper next step (a matmul costs
+#: the same for a column that passed as for one that failed).
+_REFINE_MAX_FRACTION = 0.5
+_REFINE_FEW_WINDOWS = 64
+#: The exact scan runs on at least this many pairs: its cost per sorted row position is a few
+#: numpy calls (~10 us) whatever the pair count, and below ~500 pairs the exact sums of
+#: `CcoTransfer.exact_advance` cost less than the scan (measured at 256 rows; both are O(rows)
+#: per pair, so the break-even hardly depends on the rows).
+_SCAN_MIN_PAIRS = 512
 #: A drive is dense when at least this fraction of (window, row) durations is nonzero (1-phase
 #: windows of signed inputs): its band test bounds U_0 by reach, one matmul fewer (`_band_test`).
 _DENSE_FRACTION = 0.95
 #: Elements of a matmul's left operand (windows x rows, times bands for the current bounds) per
-#: chunk of windows: bounds the memory of a batch (~2 MB per float32 array). Not smaller: with
-#: OpenBLAS's default two threads on a loaded machine every BLAS call may wait a scheduler slice
-#: for its second thread (`pcmhil bench model` at load ~2.4: 1,000 windows in 75-134 ms with
-#: chunks of 2**17, 12 BLAS calls, vs. 30-53 ms with 2**19, 5 calls), although single-threaded
-#: chunks of 2**17 would be ~1.5 ms faster (the operands stay in the CPU cache).
+#: chunk of windows: bounds the memory of a batch (~2 MB per float32 array).
 _CHUNK_ELEMENTS = 2**19
+
+
+def single_threaded_blas():
+    """A context in which BLAS runs on one thread, for the matmuls of a batch of windows.
+
+    They are small (~1-2 ms for 1,000 windows of 256 x 256), and OpenBLAS's second thread costs
+    more than it gains: every call waits for it, on a loaded machine for a scheduler slice
+    (measured on 2 cores at load ~2: a 1,000 x 256 x 256 float64 matmul in 2.1 ms on one
+    thread, 4-8 ms on two; the windows of the twin benchmark in 124 ms instead of 215 ms).
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+@cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # inspects the loaded libraries once (~1 ms)
 
 
 @dataclass(frozen=True)
@@ -153,9 +180,11 @@ def currents_may_leave(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_w
     Cheapest test first: a column whose limits contain [-reach_j, reach_j] is inside for every
     window. The other columns: when all terms s_i W[i, j] share one sign (4-phase windows) the
     current moves monotonically from its cycle-0 value to 0, one matmul decides
-    (`_sign_definite_test`); else (1-phase windows, whose signed terms cancel) a band test with
-    2 bands on every window, then 4 on the (window, column) block that failed (`_band_test`).
-    Each test is a proof on its own, so a pair is listed only if every test failed it.
+    (`_sign_definite_test`); else (1-phase windows, whose signed terms cancel) a band test on
+    every window (`_band_test`, with `_first_band_count` bands), on the (window, column) block
+    that failed a band test with twice the bands if few windows or pairs failed, then, if many
+    pairs are left, an exact scan of their currents (`_prefix_scan`). Each test is a proof on
+    its own, so a pair is listed only if every test failed it.
     """
     check_exact(w, n_window_cycles)
     cols = np.flatnonzero((upper < w.reach) | (lower > -w.reach))
@@ -164,18 +193,27 @@ def currents_may_leave(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_w
         failed = ~_sign_definite_test(w, d, s, sign, cols, lower, upper)
         window, column = np.nonzero(failed) if failed.any() else _NO_PAIRS
         return window, cols[column]
-    windows, failed = np.arange(len(d)), np.ones((len(d), len(cols)), dtype=bool)
+    if not len(cols) or not len(d):
+        return _NO_PAIRS
     dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
-    for level, bands in enumerate(_BAND_PLAN):
-        if not failed.any():
-            return _NO_PAIRS
-        if level:  # refine the block of windows and columns with a failed pair
-            in_window, in_col = failed.any(axis=1), failed.any(axis=0)
-            windows, cols, failed = windows[in_window], cols[in_col], failed[np.ix_(in_window, in_col)]
-        drive = (d, s) if len(windows) == len(d) else (d[windows], s[windows])
-        failed &= ~_band_test(w, *drive, n_window_cycles, bands, cols, lower, upper, dense)
-    window, column = np.nonzero(failed) if failed.any() else _NO_PAIRS
-    return windows[window], cols[column]
+    bands = _first_band_count(w, cols, lower, upper)
+    windows = np.arange(len(d))
+    failed = ~_band_test(w, d, s, n_window_cycles, bands, cols, lower, upper, dense)
+    in_window = failed.any(axis=1)
+    few_windows = np.count_nonzero(in_window) <= max(_REFINE_MAX_FRACTION * len(d), _REFINE_FEW_WINDOWS)
+    if in_window.any() and (few_windows or np.count_nonzero(failed) < _SCAN_MIN_PAIRS):
+        in_col = failed.any(axis=0)
+        windows, cols, failed = windows[in_window], cols[in_col], failed[np.ix_(in_window, in_col)]
+        failed &= ~_band_test(w, d[windows], s[windows], n_window_cycles, 2 * bands, cols, lower, upper,
+                              dense)
+    if not failed.any():
+        return _NO_PAIRS
+    window, column = np.nonzero(failed)
+    window, column = windows[window], cols[column]
+    if len(window) < _SCAN_MIN_PAIRS:
+        return window, column
+    inside = _prefix_scan(w, d, s, window, column, lower, upper)
+    return window[~inside], column[~inside]
 
 
 _NO_PAIRS = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
@@ -221,6 +259,22 @@ def _sign_definite_test(w: SelectedConductance, d: np.ndarray, s: np.ndarray, si
         np.less_equal(start, limit, out=passed[chunk])
     passed &= zero_inside
     return passed
+
+
+def _first_band_count(w: SelectedConductance, cols: np.ndarray, lower: np.ndarray,
+                      upper: np.ndarray) -> int:
+    """Bands of the first band test: the mean over the columns of reach_j over the half-width
+    (upper_j - lower_j) / 2 of the limits, rounded up, within [2, _MAX_FIRST_BANDS].
+
+    For durations spread over the window, a band's T_g is about reach / bands, and the band
+    bound passes a pair only if T_g / 2 plus its current stays within the limits: these bands
+    leave the current at least half the range (fewer bands fail nearly every pair, more cost
+    matmuls the exact scan would not need; `pcmhil bench model`'s weights take 2, the twin
+    benchmark's full-range uniform weights 4).
+    """
+    half_width = np.maximum((upper[cols] - lower[cols].astype(np.float64)) / 2, 1)
+    ratio = float(np.mean(w.reach[cols] / half_width))
+    return min(max(math.ceil(ratio), 2), _MAX_FIRST_BANDS)
 
 
 def _band_test(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_window_cycles: int, bands: int,
@@ -286,6 +340,65 @@ def _band_extremes(d: np.ndarray, s: np.ndarray, edges: np.ndarray, w32: np.ndar
         lowest = low if lowest is None else np.minimum(lowest, low, out=lowest)
         highest = high if highest is None else np.maximum(highest, high, out=highest)
     return lowest, highest
+
+
+def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: np.ndarray,
+                 column: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(pairs,) bool: True where the current of the pair is proven within the limits in every
+    cycle, by exact integer arithmetic.
+
+    With a window's conducting rows sorted by decreasing duration (`rows_by_duration`), the
+    rows conducting in cycle c are a prefix of that order, so every current I_c[j] is a prefix
+    sum of the terms s_i W[i, j] in it, and 0 (the idle current) is always inside. The scan
+    tests every prefix sum, one sorted position at a time over all pairs at once (a few
+    operations on arrays as long as the pair list: the cost is O(rows) per pair, without a
+    matmul's waste on the columns that passed). The prefix sums inside a run of equal
+    durations are the current of no cycle: a pair they take outside is listed in vain.
+    Integers throughout: int32 where every prefix sum, bounded by reach, fits, else int64.
+    """
+    windows, pair_window = np.unique(window, return_inverse=True)
+    signed, _ = rows_by_duration(d[windows], s[windows])
+    dtype = np.int32 if w.reach.max(initial=0) < 2**31 else np.int64
+    terms = signed_terms(w.w_int, dtype)
+    at_column = column * (2 * w.rows + 1)
+    by_position = np.ascontiguousarray(signed.T)
+    current, highest, lowest = (np.zeros(len(window), dtype) for _ in range(3))
+    index, term = np.empty(len(window), dtype=np.intp), np.empty(len(window), dtype)
+    for position in by_position:  # mode="clip": np.take's unbuffered path (indices are valid)
+        np.take(position, pair_window, out=index, mode="clip")
+        index += at_column
+        np.take(terms, index, out=term, mode="clip")
+        current += term
+        np.maximum(highest, current, out=highest)
+        np.minimum(lowest, current, out=lowest)
+    return (highest <= upper[column]) & (lowest >= lower[column])
+
+
+def rows_by_duration(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The conducting rows of each window by decreasing duration (ties in row order), as
+    (signed, d_sorted), both (B, most conducting rows of a window): signed indexes the row's
+    term s_i W[i, j] in `signed_terms` (2 rows where a window has no row left, d_sorted 0)."""
+    rows = d.shape[1]
+    longest = int(d.max(initial=0))
+    # numpy sorts integers of up to 16 bits stably by radix sort: keys in the smallest dtype
+    key = (longest - d).astype(np.min_scalar_type(longest))
+    conducting = int(np.count_nonzero(d, axis=1).max(initial=0))
+    order = np.argsort(key, axis=1, kind="stable")[:, :conducting]
+    flat = order + (np.arange(len(d)) * rows)[:, None]
+    d_sorted = d.ravel()[flat]
+    signed = np.where(d_sorted > 0, order + rows * (s.ravel()[flat] < 0), 2 * rows)
+    return signed, d_sorted
+
+
+def signed_terms(w_int: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+    """The terms s W[i, j] of both polarities, flat: entry j (2 rows + 1) + k holds W[k, j]
+    for k < rows, -W[k - rows, j] for rows <= k < 2 rows, 0 for k = 2 rows (a column's terms
+    contiguous, indexed by `rows_by_duration`'s signed row)."""
+    rows, cols = w_int.shape
+    table = np.zeros((cols, 2 * rows + 1), dtype=dtype)
+    table[:, :rows] = w_int.T
+    table[:, rows:2 * rows] = -w_int.T
+    return table.ravel()
 
 
 def _band_limits(w: SelectedConductance, cols: np.ndarray, lower: np.ndarray, upper: np.ndarray

@@ -27,7 +27,7 @@ from pcmhil.model import (
     read_mode_windows,
 )
 from pcmhil.model.cco import PHASE_PER_PULSE
-from pcmhil.model.drive import SelectedConductance, check_exact, currents_may_leave
+from pcmhil.model.drive import SelectedConductance, _prefix_scan, check_exact, currents_may_leave
 from pcmhil.model.keyed_rng import KeyedRng
 
 CASES = 40
@@ -162,6 +162,27 @@ def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, d
     assert (listed & ~leaves).sum() < 0.05 * (~leaves).sum()  # the bound still proves most inside
     wide = 2 * np.abs(currents).max(axis=(0, 1))
     assert not any(len(a) for a in currents_may_leave(w, d, s, n, -wide, wide))
+
+
+@pytest.mark.parametrize("w_max", [40_000, 2**36 + 12345])
+def test_prefix_scan_is_exact_when_every_prefix_of_rows_is_a_current(w_max):
+    """With distinct durations in each window every prefix of the rows sorted by duration is
+    the current of some cycle, so the exact scan (the last test of currents_may_leave) proves
+    inside exactly the pairs whose current never leaves its limits (limits 1 LSB inside the
+    extremes, as above; int32 and int64 sums)."""
+    rng = np.random.default_rng(5)
+    rows, cols, n, batch = 24, 16, 40, 200
+    w_int = rng.integers(-w_max, w_max, (rows, cols))
+    d = np.stack([rng.permutation(np.arange(1, n + 1))[:rows] for _ in range(batch)])
+    d[:, :3] = 0  # rows that never conduct
+    s = rng.choice([-1, 1], d.shape)
+    currents = np.stack([((d > c) * s) @ w_int for c in range(n)])
+    upper = np.maximum(currents.max(axis=(0, 1)) - 1, 0)
+    lower = np.minimum(currents.min(axis=(0, 1)) + 1, 0)
+    leaves = (currents.max(axis=0) > upper) | (currents.min(axis=0) < lower)
+    window, column = (a.ravel() for a in np.meshgrid(np.arange(batch), np.arange(cols), indexing="ij"))
+    inside = _prefix_scan(SelectedConductance.of(w_int), d, s, window, column, lower, upper)
+    assert leaves.sum() >= cols and np.array_equal(inside, ~leaves.ravel())
 
 
 class FixedConductance:
