@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from pcmhil.cosim import toolchain
-from pcmhil.cosim.harness import HARNESS_PUBLIC, TESTBENCH, TOPLEVEL, CosimHarness, testbench_verilog
+from pcmhil.cosim.harness import (
+    HARNESS_PUBLIC,
+    TESTBENCH,
+    TIED_OFF,
+    TOPLEVEL,
+    CosimHarness,
+    testbench_verilog,
+)
 from pcmhil.cosim.link import LinkClosed, recv_message, send_message
 from pcmhil.cosim.server import CONFIG_ENV
 from pcmhil.errors import ConfigError, SimulationError
@@ -31,7 +38,7 @@ from pcmhil.interface import Geometry
 from pcmhil.model.analog_tile import AnalogSpec
 from pcmhil.transport import BusError, Transport
 
-MODES = ("cycle", "transaction")
+MODES = tuple(sorted(TIED_OFF))  # the fidelity modes, each its own build
 #: Simulated cycles a request may take before the chip is declared stuck.
 DEFAULT_CYCLE_BUDGET = 2_000_000
 

@@ -81,3 +81,15 @@ class AnalogBoundary(wiring.Signature):
             "cco_count": words(lay.count_words, In),
             "boundary_mode": In(1),
         })
+
+
+def tile_signature(geometry: Geometry) -> wiring.Signature:
+    """What the chip top expects of every tile (rtl/chip.py's tile_factory): its register bus,
+    its input and output packet streams, its analog boundary and its interrupt."""
+    return wiring.Signature({
+        "csr": In(CSRBus()),
+        "rx": In(packet_stream()),
+        "tx": Out(packet_stream()),
+        "analog": Out(AnalogBoundary(geometry)),
+        "irq": Out(1),
+    })

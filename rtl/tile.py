@@ -11,7 +11,6 @@ docs/numerics.md is the contract of every block; pcmhil.interface defines every 
 
 from amaranth import Module
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 
 from pcmhil.interface import LDPU_LANES, Geometry, PacketType, packet_payload_beats
 from pcmhil.rtl.adc_counters import AdcCounters
@@ -22,7 +21,7 @@ from pcmhil.rtl.output_buffer import OutputBuffer
 from pcmhil.rtl.pwm import PwmDriver
 from pcmhil.rtl.raw_accumulator import RawAccumulator
 from pcmhil.rtl.row_programmer import ProgramWords, RowProgrammer
-from pcmhil.rtl.signatures import AnalogBoundary, CSRBus, packet_stream
+from pcmhil.rtl.signatures import tile_signature
 from pcmhil.rtl.staging import StagingStore
 from pcmhil.rtl.tile_rx import TileRx
 from pcmhil.rtl.tile_tx import TileTx
@@ -49,13 +48,7 @@ class Tile(wiring.Component):
 
     def __init__(self, geometry: Geometry, tile_index: int):
         self.geometry, self.tile_index = geometry, tile_index
-        super().__init__({
-            "csr": In(CSRBus()),
-            "rx": In(packet_stream()),
-            "tx": Out(packet_stream()),
-            "analog": Out(AnalogBoundary(geometry)),
-            "irq": Out(1),
-        })
+        super().__init__(tile_signature(geometry))
 
     def elaborate(self, platform):
         m = Module()

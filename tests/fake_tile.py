@@ -12,11 +12,10 @@ from __future__ import annotations
 from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.wiring import In, Out
 
 from pcmhil.interface import Geometry, PacketHeader, tile_registers
 from pcmhil.rtl.csr import RegisterFile
-from pcmhil.rtl.signatures import AnalogBoundary, Beat, CSRBus, packet_stream
+from pcmhil.rtl.signatures import Beat, tile_signature
 
 ECHO_DEPTH = 4
 
@@ -25,13 +24,7 @@ class FakeTile(wiring.Component):
     def __init__(self, geometry: Geometry, tile_index: int):
         self.geometry = geometry
         self.tile_index = tile_index
-        super().__init__({
-            "csr": In(CSRBus()),
-            "rx": In(packet_stream()),
-            "tx": Out(packet_stream()),
-            "analog": Out(AnalogBoundary(geometry)),
-            "irq": Out(1),
-        })
+        super().__init__(tile_signature(geometry))
 
     def elaborate(self, platform):
         m = Module()

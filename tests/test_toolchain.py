@@ -147,3 +147,14 @@ def test_elaboration_is_cached_by_parameters_and_sources(tmp_path, monkeypatch):
     toolchain.cached_verilog("m", {"rows": 12}, ("pcmhil.errors",), convert)
     toolchain.cached_verilog("m", {"rows": 8}, ("pcmhil.errors", "pcmhil.transport"), convert)
     assert len(calls) == 3
+
+
+def test_missing_lz4_headers_are_named_before_a_waves_build(monkeypatch):
+    """FST waves need lz4.h; without it the build must stop with the package to install, not a
+    compiler error from deep inside Verilator's FST writer."""
+    import subprocess
+
+    failed = subprocess.CompletedProcess(["g++"], 1, "", "fatal error: lz4.h: No such file or directory")
+    monkeypatch.setattr(toolchain.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(ToolchainError, match=r"lz4\.h.*apt-get install liblz4-dev"):
+        toolchain.check_fst_support()
