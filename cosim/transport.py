@@ -15,6 +15,7 @@ import json
 import select
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict
@@ -139,6 +140,21 @@ class CosimTransport(Transport):
             raise SimulationError(f"the co-simulation process exited (code {code}) while "
                                   f"{doing}; log tail:\n{self.process.log_tail()}")
 
+    def _link_lost(self, doing: str) -> SimulationError:
+        """The socket closed under us: report the process's death (a killed process closes its
+        socket before the OS reaps it, so wait a bounded time for the exit code)."""
+        if self.process is None:
+            return SimulationError(f"the co-simulation link broke during {doing}")
+        try:
+            code = self.process.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return SimulationError(f"the co-simulation link broke during {doing} while the process "
+                                   f"was still running (killed it); log tail:\n"
+                                   f"{self.process.log_tail()}")
+        return SimulationError(f"the co-simulation process died (exit code {code}) during {doing}; "
+                               f"log tail:\n{self.process.log_tail()}")
+
     def _reply(self):
         deadline = time.monotonic() + self.request_timeout_s
         while True:
@@ -155,10 +171,7 @@ class CosimTransport(Transport):
         try:
             status, value = recv_message(self._sock)
         except LinkClosed:
-            code = self.process.popen.wait(timeout=10) if self.process else None
-            raise SimulationError(
-                f"the co-simulation process died (exit code {code}) during {self.last_request}; "
-                f"log tail:\n{self.process.log_tail() if self.process else ''}") from None
+            raise self._link_lost(self.last_request) from None
         if status == "no-progress":
             raise SimulationError(f"the chip stopped making progress during {self.last_request}: "
                                   f"{value}")
@@ -173,8 +186,7 @@ class CosimTransport(Transport):
         try:
             send_message(self._sock, message)
         except LinkClosed:
-            self._check_alive(description)
-            raise SimulationError(f"the co-simulation link broke during {description}") from None
+            raise self._link_lost(description) from None
         return self._reply()
 
     # ---- Transport verbs -------------------------------------------------------------------
