@@ -32,18 +32,38 @@ def words_to_bits(words: list[int], count: int) -> np.ndarray:
     return np.unpackbits(raw, bitorder="little")[:count].astype(bool)
 
 
+def _lane_dtype(lane_bits: int):
+    """The little-endian unsigned dtype of one lane, or None if lanes are not whole bytes."""
+    return np.dtype(f"<u{lane_bits // 8}") if lane_bits in (8, 16, 32, 64) else None
+
+
 def words_to_lanes(words: list[int], lane_bits: int, count: int) -> np.ndarray:
     """64-bit words -> int64[count] of `lane_bits`-wide unsigned lanes, lane 0 in the low bits."""
+    raw = np.array(words, dtype="<u8")
+    dtype = _lane_dtype(lane_bits)
+    if dtype is not None:  # whole-byte lanes: a view of the words' little-endian bytes
+        return raw.view(dtype)[:count].astype(np.int64)
     per_word = BOUNDARY_WORD_BITS // lane_bits
-    w = np.array(words, dtype=np.uint64)[:, None]
     shifts = np.arange(per_word, dtype=np.uint64) * np.uint64(lane_bits)
-    lanes = (w >> shifts) & np.uint64((1 << lane_bits) - 1)
+    lanes = (raw[:, None] >> shifts) & np.uint64((1 << lane_bits) - 1)
     return lanes.reshape(-1)[:count].astype(np.int64)
 
 
 def lanes_to_words(lanes: np.ndarray, lane_bits: int, n_words: int) -> list[int]:
     """int[count] lanes (each < 2**lane_bits) -> n_words 64-bit words (pad lanes zero)."""
     per_word = BOUNDARY_WORD_BITS // lane_bits
+    dtype = _lane_dtype(lane_bits)
+    if dtype is not None:
+        padded = np.zeros(n_words * per_word, dtype=dtype)
+        padded[:len(lanes)] = lanes
+        return padded.view("<u8").tolist()
+    if 8 % lane_bits == 0:  # several lanes per byte: build the bytes, then view them as words
+        per_byte = 8 // lane_bits
+        padded = np.zeros(n_words * per_word, dtype=np.uint8)
+        padded[:len(lanes)] = lanes
+        shifts = np.arange(per_byte, dtype=np.uint8) * np.uint8(lane_bits)
+        packed = (padded.reshape(-1, per_byte) << shifts).sum(axis=1, dtype=np.uint8)
+        return packed.view("<u8").tolist()
     padded = np.zeros(n_words * per_word, dtype=np.uint64)
     padded[:len(lanes)] = lanes
     shifts = np.arange(per_word, dtype=np.uint64) * np.uint64(lane_bits)

@@ -13,9 +13,13 @@ Python-facing ports (all <= 64 bits, TOOLCHAIN.md):
   csr_rdata, csr_resp (AXI response code). With csr_poll set, a read is repeated until
   (rdata & csr_mask) == csr_match (or csr_poll is cleared), like a board's register-poll engine:
   waiting for a command costs the host one request and the simulation one callback.
-- dma_in[] memory (bit 32 = tlast), dma_in_count, dma_in_go (pulse) -> dma_in_busy, dma_in_sent.
-- dma_out[] ring memory written from m_axis (bit 32 = tlast), dma_out_wptr (out),
-  dma_out_rptr (in): the ring back-pressures the chip when full.
+- dma_in[] memory of 64-bit entries, two beats each (beat b = bits 32 (b % 2) .. of entry b // 2),
+  dma_in_last[] (1 bit per beat: tlast), dma_in_count, dma_in_go (pulse) -> dma_in_busy,
+  dma_in_sent. Packing two beats per word halves the VPI calls of a transfer; tlast sits apart
+  so that the server writes only the bits that change between transfers.
+- dma_out[] ring of 64-bit entries (two beats each, as dma_in) written from m_axis, dma_out_wptr
+  (out, in beats), dma_out_rptr (in): the ring back-pressures the chip when full; dma_out_ends[]
+  ring of the beat index (mod 2 DMA_DEPTH) after each tlast beat, dma_out_ends_wptr (out).
 - t{n}__* analog boundary of each tile, irq.
 
 The simulation top is a Verilog testbench module around the harness (testbench_verilog) that
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import re
 
-from amaranth import Module, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -40,7 +44,9 @@ from pcmhil.rtl.signatures import AnalogBoundary
 #: DMA buffer depth in beats (a power of two; the ring pointers wrap at twice the depth).
 DMA_DEPTH = 4096
 DMA_PTR_BITS = DMA_DEPTH.bit_length()  # one extra bit distinguishes full from empty
-BEAT_BITS = BUS_DATA_BITS + 1
+#: Beats per DMA memory word (64-bit words: the widest a VPI access takes, TOOLCHAIN.md).
+BEATS_PER_WORD = 2
+DMA_WORD_BITS = BEATS_PER_WORD * BUS_DATA_BITS
 
 TOPLEVEL = "pcmhil_cosim_top"
 #: The simulation's top module (harness + clock) and the harness instance inside it.
@@ -58,7 +64,7 @@ _PORT = re.compile(r"^\s*(input|output)\s+(?:\[(\d+):0\]\s+)?([A-Za-z_][A-Za-z0-
 #: its boundary_mode.
 TIED_OFF = {"transaction": ("cco_pulses", 1), "cycle": ("cco_count", 0)}
 #: Harness signals Python touches besides the testbench's: the DMA memories.
-HARNESS_PUBLIC = (f"{TOPLEVEL}:dma_in", f"{TOPLEVEL}:dma_out")
+HARNESS_PUBLIC = tuple(f"{TOPLEVEL}:{name}" for name in ("dma_in", "dma_in_last", "dma_out", "dma_out_ends"))
 
 
 def testbench_verilog(harness_verilog: str, mode: str | None = None) -> str:
@@ -102,6 +108,7 @@ class CosimHarness(wiring.Component):
             "dma_in_count": In(DMA_PTR_BITS), "dma_in_go": In(1),
             "dma_in_busy": Out(1), "dma_in_sent": Out(DMA_PTR_BITS),
             "dma_out_wptr": Out(DMA_PTR_BITS), "dma_out_rptr": In(DMA_PTR_BITS),
+            "dma_out_ends_wptr": Out(DMA_PTR_BITS),
             "irq": Out(1),
         }
         for t in range(geometry.tiles):
@@ -152,49 +159,61 @@ class CosimHarness(wiring.Component):
                 m.d.sync += [r_wait.eq(0), self.csr_done.eq(1)]
 
     def _dma_in(self, m: Module, chip) -> None:
-        """Stream dma_in[0 .. count-1] into s_axis, one beat per clock when the chip is ready."""
-        m.submodules.dma_in = mem = Memory(shape=BEAT_BITS, depth=DMA_DEPTH, init=[])
-        # The write port is never used by the logic; it keeps the memory a RAM (not a constant
-        # ROM that the tools could fold away) so that Python can deposit words into it.
-        write = mem.write_port()
-        m.d.comb += write.en.eq(0)
-        read = mem.read_port()
+        """Stream beats 0 .. count-1 of dma_in into s_axis, one per clock when the chip is ready."""
+        m.submodules.dma_in = mem = Memory(shape=DMA_WORD_BITS, depth=DMA_DEPTH // BEATS_PER_WORD, init=[])
+        m.submodules.dma_in_last = last_mem = Memory(shape=1, depth=DMA_DEPTH, init=[])
+        # The write ports are never used by the logic; they keep the memories RAMs (not constant
+        # ROMs that the tools could fold away) so that Python can deposit words into them.
+        for memory in (mem, last_mem):
+            m.d.comb += memory.write_port().en.eq(0)
+        read, read_last = mem.read_port(), last_mem.read_port()
         count = Signal.like(self.dma_in_count)
         index = Signal.like(self.dma_in_count)  # beat presented (or about to be)
+        half = Signal()  # which half of the word read holds the beat presented
         valid = Signal()
         running = Signal()  # from the go edge until the chip accepted the last beat
         accept = valid & chip.s_axis_tready
         next_index = Signal.like(index)
         m.d.comb += [
             next_index.eq(index + accept),
-            read.addr.eq(next_index),
-            chip.s_axis_tdata.eq(read.data[:BUS_DATA_BITS]),
-            chip.s_axis_tlast.eq(read.data[BUS_DATA_BITS]),
+            read.addr.eq(next_index >> 1),
+            read_last.addr.eq(next_index),
+            chip.s_axis_tdata.eq(read.data.word_select(half, BUS_DATA_BITS)),
+            chip.s_axis_tlast.eq(read_last.data),
             chip.s_axis_tvalid.eq(valid),
             self.dma_in_busy.eq(running),
             self.dma_in_sent.eq(index),
         ]
         with m.If(self.dma_in_go):
-            m.d.sync += [count.eq(self.dma_in_count), index.eq(0), valid.eq(0),
+            m.d.sync += [count.eq(self.dma_in_count), index.eq(0), valid.eq(0), half.eq(0),
                          running.eq(self.dma_in_count != 0)]
-            m.d.comb += read.addr.eq(0)
+            m.d.comb += [read.addr.eq(0), read_last.addr.eq(0)]
         with m.Else():
-            m.d.sync += [index.eq(next_index), valid.eq(next_index < count)]
+            m.d.sync += [index.eq(next_index), half.eq(next_index[0]), valid.eq(next_index < count)]
             with m.If(next_index == count):
                 m.d.sync += running.eq(0)
 
     def _dma_out(self, m: Module, chip) -> None:
-        """Capture m_axis beats into the dma_out ring; back-pressure when the ring is full."""
-        m.submodules.dma_out = mem = Memory(shape=BEAT_BITS, depth=DMA_DEPTH, init=[])
-        write = mem.write_port()
-        wptr = self.dma_out_wptr
-        full = Signal()
+        """Capture m_axis beats into the dma_out ring (and the beat index after each tlast into
+        dma_out_ends); back-pressure when the ring is full."""
+        m.submodules.dma_out = mem = Memory(shape=DMA_WORD_BITS, depth=DMA_DEPTH // BEATS_PER_WORD, init=[])
+        m.submodules.dma_out_ends = ends_mem = Memory(shape=DMA_PTR_BITS, depth=DMA_DEPTH, init=[])
+        write = mem.write_port(granularity=BUS_DATA_BITS)
+        write_end = ends_mem.write_port()
+        wptr, ends_wptr = self.dma_out_wptr, self.dma_out_ends_wptr
+        full, beat = Signal(), Signal()
         m.d.comb += [
             full.eq((wptr - self.dma_out_rptr)[:DMA_PTR_BITS] == DMA_DEPTH),
             chip.m_axis_tready.eq(~full),
-            write.addr.eq(wptr[:DMA_PTR_BITS - 1]),
-            write.data.eq(chip.m_axis_tdata | (chip.m_axis_tlast << BUS_DATA_BITS)),
-            write.en.eq(chip.m_axis_tvalid & ~full),
+            beat.eq(chip.m_axis_tvalid & ~full),
+            write.addr.eq(wptr[1:DMA_PTR_BITS - 1]),
+            write.data.eq(Cat(chip.m_axis_tdata, chip.m_axis_tdata)),
+            write.en.eq(Mux(wptr[0], 0b10, 0b01) & beat.replicate(BEATS_PER_WORD)),
+            write_end.addr.eq(ends_wptr[:DMA_PTR_BITS - 1]),
+            write_end.data.eq(wptr + 1),
+            write_end.en.eq(beat & chip.m_axis_tlast),
         ]
-        with m.If(write.en):
+        with m.If(beat):
             m.d.sync += wptr.eq(wptr + 1)
+        with m.If(write_end.en):
+            m.d.sync += ends_wptr.eq(ends_wptr + 1)

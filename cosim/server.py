@@ -20,15 +20,18 @@ from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
 from pcmhil.cosim import vpi
 from pcmhil.cosim.boundary import BoundaryPorts
-from pcmhil.cosim.harness import BEAT_BITS, CLK_PERIOD_NS, DMA_DEPTH, DMA_PTR_BITS, INSTANCE
+from pcmhil.cosim.harness import BEATS_PER_WORD, CLK_PERIOD_NS, DMA_DEPTH, DMA_PTR_BITS, INSTANCE
 from pcmhil.cosim.link import LinkClosed, recv_message, send_message
 
 CONFIG_ENV = "PCMHIL_COSIM_CONFIG"
-LAST_BIT = 1 << (BEAT_BITS - 1)
+_PTR_MASK = (1 << DMA_PTR_BITS) - 1
 #: An AXI4-Lite access of the register file takes a few cycles; this many means a hung bus.
 CSR_CYCLE_LIMIT = 1000
-#: Cycles between looks at the output ring and the input DMA while waiting for them.
+#: Cycles between looks at the output ring while waiting for packets.
 STREAM_POLL_CYCLES = 64
+#: While the input DMA runs, the output ring is emptied at least this often: it fills by at most
+#: a beat per cycle, so half its depth never back-pressures the chip.
+SEND_DRAIN_CYCLES = DMA_DEPTH // 2
 
 
 class NoProgress(Exception):
@@ -48,19 +51,23 @@ class Server:
 
         self.dut = dut  # the testbench: clk and every harness port
         harness = getattr(dut, INSTANCE)  # its DMA memories, word by word
-        self.dma_in = vpi.words([harness.dma_in[i] for i in range(DMA_DEPTH)])
-        self.dma_out = vpi.words([harness.dma_out[i] for i in range(DMA_DEPTH)])
+        words = DMA_DEPTH // BEATS_PER_WORD
+        self.dma_in = vpi.words([harness.dma_in[i] for i in range(words)])
+        self.dma_in_last = vpi.words([harness.dma_in_last[i] for i in range(DMA_DEPTH)])
+        self.in_lasts: set[int] = set()  # beats whose dma_in_last bit is 1
+        self.dma_out = vpi.words([harness.dma_out[i] for i in range(words)])
+        self.dma_out_ends = vpi.words([harness.dma_out_ends[i] for i in range(DMA_DEPTH)])
         self.sig = {name: vpi.Word(getattr(dut, name)) for name in (
             "csr_go", "csr_write", "csr_addr", "csr_wdata", "csr_strb", "csr_poll", "csr_mask",
             "csr_match", "csr_rdata", "csr_resp", "dma_in_go", "dma_in_count", "dma_in_busy",
-            "dma_in_sent", "dma_out_wptr", "dma_out_rptr", "rst")}
+            "dma_in_sent", "dma_out_wptr", "dma_out_rptr", "dma_out_ends_wptr", "rst")}
         self.config = config
         self.geometry = Geometry(**config["geometry"])
         self.analog = self.build_analog(AnalogSpec(**config["analog"]))
         self.mode = config["mode"]
         self.out_words: list[int] = []  # beats drained from the ring, not yet a whole packet
         self.out_packets: list[np.ndarray] = []
-        self.rptr = 0
+        self.rptr = self.ends_rptr = 0
         self.ports = [BoundaryPorts(dut, t, self.geometry, self.mode) for t in range(self.geometry.tiles)]
         self.stats = {"requests": 0, "handle_s": 0.0, "clock_only_s": 0.0, "clock_only_cycles": 0}
 
@@ -91,7 +98,7 @@ class Server:
             from pcmhil.model.analog_tile import AnalogSpec
 
             self.analog = self.build_analog(AnalogSpec(**spec))
-        self.out_words, self.out_packets, self.rptr = [], [], 0
+        self.out_words, self.out_packets, self.rptr, self.ends_rptr = [], [], 0, 0
         await clock_cycles(1)
 
     # ---- bus -------------------------------------------------------------------------------
@@ -131,20 +138,33 @@ class Server:
 
     async def send(self, words: np.ndarray, lasts: np.ndarray, max_cycles: int) -> None:
         for start in range(0, len(words), DMA_DEPTH):
-            chunk = words[start:start + DMA_DEPTH].astype(np.int64)
-            chunk = chunk | np.where(lasts[start:start + DMA_DEPTH], LAST_BIT, 0)
-            for word, beat in zip(self.dma_in, chunk.tolist(), strict=False):
-                word.write(beat)
+            chunk = words[start:start + DMA_DEPTH]
+            packed = np.zeros(-(-len(chunk) // BEATS_PER_WORD) * BEATS_PER_WORD, dtype="<u4")
+            packed[:len(chunk)] = chunk
+            for word, value in zip(self.dma_in, packed.view("<u8").tolist(), strict=False):
+                word.write(value)
+            ends = set(np.flatnonzero(lasts[start:start + DMA_DEPTH]).tolist())
+            for beat in self.in_lasts - ends:
+                self.dma_in_last[beat].write(0)
+            for beat in ends - self.in_lasts:
+                self.dma_in_last[beat].write(1)
+            self.in_lasts = ends
             self.sig["dma_in_count"].write(len(chunk))
             self.sig["dma_in_go"].write(1)
             await clock_cycles(1)  # busy is set by the go edge
             self.sig["dma_in_go"].write(0)
             waited = 0
             while self.sig["dma_in_busy"].read():
+                # one callback when the DMA is done, or after SEND_DRAIN_CYCLES to empty the output
+                # ring (the chip may answer while it is still being fed)
+                wait = min(SEND_DRAIN_CYCLES, max_cycles + 1 - waited)
+                started = cocotb.utils.get_sim_time("ns")
+                timer = Timer(wait * CLK_PERIOD_NS, "ns")
+                if await First(FallingEdge(self.dut.dma_in_busy), timer) is not timer:
+                    await FallingEdge(self.dut.clk)  # busy fell on a rising edge: back to mid-cycle
+                waited += round((cocotb.utils.get_sim_time("ns") - started) / CLK_PERIOD_NS)
                 self.drain()
-                await clock_cycles(STREAM_POLL_CYCLES)
-                waited += STREAM_POLL_CYCLES
-                if waited > max_cycles:
+                if waited > max_cycles and self.sig["dma_in_busy"].read():
                     raise NoProgress(f"input stream: {self.sig['dma_in_sent'].read()} of {len(chunk)} "
                                      f"beats accepted after {max_cycles} cycles")
         self.drain()
@@ -152,16 +172,26 @@ class Server:
     def drain(self) -> None:
         """Move captured output beats from the ring into whole packets (no simulated time)."""
         wptr = self.sig["dma_out_wptr"].read()
-        mask = (1 << DMA_PTR_BITS) - 1
         if self.rptr == wptr:
             return
-        while self.rptr != wptr:
-            beat = self.dma_out[self.rptr % DMA_DEPTH].read()
-            self.out_words.append(beat & (LAST_BIT - 1))
-            if beat & LAST_BIT:
-                self.out_packets.append(np.array(self.out_words, dtype=np.uint32))
-                self.out_words = []
-            self.rptr = (self.rptr + 1) & mask
+        ends_wptr = self.sig["dma_out_ends_wptr"].read()
+        # the ring's words holding beats rptr .. wptr - 1 (a half-written last word is read again
+        # next time), and the beat index after each tlast beat among them
+        first, n_beats = self.rptr, (wptr - self.rptr) & _PTR_MASK
+        skip, word_count = first % BEATS_PER_WORD, DMA_DEPTH // BEATS_PER_WORD
+        entries = [self.dma_out[(first // BEATS_PER_WORD + k) % word_count].read()
+                   for k in range(-(-(skip + n_beats) // BEATS_PER_WORD))]
+        beats = np.array(entries, dtype="<u8").view("<u4")[skip:skip + n_beats]
+        offset = 0
+        while self.ends_rptr != ends_wptr:
+            end = self.dma_out_ends[self.ends_rptr % DMA_DEPTH].read()
+            self.ends_rptr = (self.ends_rptr + 1) & _PTR_MASK
+            length = (end - first) & _PTR_MASK  # beats up to and including the tlast beat
+            self.out_words.extend(beats[offset:length].tolist())
+            self.out_packets.append(np.array(self.out_words, dtype=np.uint32))
+            self.out_words, offset = [], length
+        self.out_words.extend(beats[offset:].tolist())
+        self.rptr = wptr
         self.sig["dma_out_rptr"].write(self.rptr)
 
     async def receive(self, count: int, max_cycles: int) -> list[np.ndarray]:
