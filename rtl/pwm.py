@@ -55,6 +55,16 @@ class WindowControl(wiring.Signature):
         })
 
 
+def strobe_copy(m: Module, name: str, strobe) -> Signal:
+    """`strobe` of the previous cycle from a flip-flop of its own. Yosys merges flip-flops with
+    equal inputs (opt_merge; a `keep` on the signal does not stop it), so this one's input reads
+    its own output: `strobe & ~copy` equals `strobe` because a strobe is never high in two
+    consecutive cycles, and no other flip-flop computes it."""
+    copy = Signal(name=name)
+    m.d.sync += copy.eq(strobe & ~copy)
+    return copy
+
+
 def boundary_words(m: Module, words, vector) -> None:
     """Drive a list of 64-bit boundary words from a flat vector (pad bits 0)."""
     for k, word in enumerate(words):
@@ -95,80 +105,76 @@ class PwmDriver(wiring.Component):
         with m.If(control.load.valid):
             m.d.sync += latch.eq(Cat(latch[BUS_DATA_BITS:], control.load.payload))
 
+        # The window's steps are plain registers, not an FSM whose state decode would sit
+        # between a register and the 256 columns' counters or the 2,000+ row flip-flops:
+        # `prepare` (the cycle after an accepted start: the drive is computed), `setup`, then
+        # win_active in cycles 0 .. W-1 with `last` in cycle W-1. `going` is win_active and
+        # `ends` is last of the next cycle, the latter from `left` (the window cycles after this
+        # one: W in the setup cycle), so win_active, last and count_enable are each one gate
+        # away from a few registers. busy is high from `prepare` to `last`.
+        prepare = Signal()
+        going = Signal()
+        ends = Signal()
+        left = Signal(WINDOW_BITS)
         drive = Signal(DriveWindow)  # of the current window
+        busy = prepare | going | self.last
+        accept = control.start & ~busy
+        m.d.comb += control.busy.eq(busy)
+        m.d.sync += [
+            prepare.eq(accept),
+            self.setup.eq(prepare),
+            self.win_start.eq(self.setup),
+            going.eq(prepare | (going & ~ends)),
+            self.win_active.eq(going),
+            self.last.eq(ends),
+            self.count_enable.eq(Mux(self.boundary_mode, ends, going)),
+        ]
+        with m.If(accept):
+            m.d.sync += [
+                drive.eq(control.drive),
+                self.win_select.eq(control.drive.select),
+                self.win_cycles.eq(control.cycles),
+                self.win_full.eq(control.drive.full),
+            ]
+        with m.If(prepare):
+            # a window lasts at least one cycle even if WINDOW was written 0 after the command's
+            # check (`left` is then not used)
+            m.d.sync += [left.eq(self.win_cycles), ends.eq(self.win_cycles <= 1)]
+        with m.Else():
+            m.d.sync += [left.eq(left - going), ends.eq(going & (left == 2))]
+
+        # The rows read their own copies of the strobes (loading: the prepare cycle; arming: the
+        # setup cycle; stopping: the last cycle), so that the registers above stay few and close
+        # together instead of being pulled towards the rows' flip-flops.
+        loading = strobe_copy(m, "loading", accept)  # == prepare
+        arming = strobe_copy(m, "arming", prepare)  # == setup
+        stopping = strobe_copy(m, "stopping", ends)  # == last
         mag = Signal(rows * MAG_BITS)  # d_i of the current window
         neg = Signal(rows)
         en = Signal(rows)
-        upcoming = Signal(MAG_BITS)  # c + 1, wrapping: it only matters while a row conducts
-        remaining = Signal(WINDOW_BITS)  # cycles of the window after this one: W - 1 - c
-        durations = [mag[i * MAG_BITS:(i + 1) * MAG_BITS] for i in range(rows)]
-        # drive_en of the next cycle, c + 1 < d_i, registered so that it is stable for cycle c + 1.
-        # With c < d_i known (en_i) and c rising by one, that is c + 1 != d_i: an equality per
-        # row instead of a comparator. d_i <= PWM_MAX_CYCLES < 2**MAG_BITS, so the low bits do.
-        # In a full window (VERIFY_ROW) a conducting row stays on until the window ends.
-        conducts_next = Cat(en[i] & (drive.full | (upcoming != d)) for i, d in enumerate(durations))
-        next_active, next_last = Signal(), Signal()  # win_active and last of the next cycle
-        m.d.comb += [next_active.eq(self.win_active), next_last.eq(self.last)]  # by default held
+        with m.If(loading):  # from the registered drive: its fields reach every row
+            m.d.sync += [
+                mag.eq(Cat(self._duration(latch, i, drive) for i in range(rows))),
+                neg.eq(Cat(self._negative(latch, i, drive) for i in range(rows))),
+            ]
+        # drive_en of the next cycle, registered so that it is stable for that cycle. `upcoming`
+        # is c + 1 (wrapping; 0 in the setup cycle, c = -1): with c < d_i known (en_i) and c
+        # rising by one, c + 1 < d_i is c + 1 != d_i, an equality per row instead of a
+        # comparator (d_i <= PWM_MAX_CYCLES < 2**MAG_BITS, so the low bits do). The setup cycle
+        # arms every row, c + 1 = 0 != d_i leaves the rows with d_i > 0; in a full window
+        # (VERIFY_ROW, `sustain`) an armed row conducts until the window ends.
+        upcoming = Signal(MAG_BITS)
+        sustain = Signal()
         m.d.sync += [
-            self.win_active.eq(next_active),
-            self.last.eq(next_last),
-            self.count_enable.eq(Mux(self.boundary_mode, next_last, next_active)),
+            upcoming.eq(Mux(going, upcoming + 1, 0)),
+            sustain.eq(going & drive.full),
         ]
+        durations = [mag[i * MAG_BITS:(i + 1) * MAG_BITS] for i in range(rows)]
+        m.d.sync += en.eq(Cat((en[i] | arming) & ~stopping & (sustain | (upcoming != d))
+                              for i, d in enumerate(durations)))
         boundary_words(m, self.drive_en, en)
         boundary_words(m, self.drive_neg, neg)
         boundary_words(m, self.drive_mag, mag)
-
-        # Every signal that fans out to all rows or columns comes straight from a register: the
-        # window's drive is registered before the durations are computed from it, and `last`
-        # and `setup` and `count_enable` (which reach every column's counter) are computed a
-        # cycle ahead.
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(control.start):
-                    m.d.sync += [
-                        drive.eq(control.drive),
-                        self.win_select.eq(control.drive.select),
-                        self.win_cycles.eq(control.cycles),
-                        self.win_full.eq(control.drive.full),
-                    ]
-                    m.next = "PREPARE"
-            with m.State("PREPARE"):
-                m.d.comb += control.busy.eq(1)
-                m.d.sync += [
-                    mag.eq(Cat(self._duration(latch, i, drive) for i in range(rows))),
-                    neg.eq(Cat(self._negative(latch, i, drive) for i in range(rows))),
-                    self.setup.eq(1),
-                ]
-                m.next = "SETUP"
-            with m.State("SETUP"):
-                m.d.comb += control.busy.eq(1)
-                m.d.sync += [
-                    self.setup.eq(0),
-                    self.win_start.eq(1),
-                    upcoming.eq(1),
-                    remaining.eq(self.win_cycles - 1),
-                    en.eq(Cat(d != 0 for d in durations)),
-                ]
-                m.d.comb += [
-                    next_active.eq(1),
-                    # a window lasts at least one cycle even if WINDOW was written 0 after the
-                    # command's check
-                    next_last.eq(self.win_cycles <= 1),
-                ]
-                m.next = "WINDOW"
-            with m.State("WINDOW"):
-                m.d.comb += control.busy.eq(1)
-                m.d.sync += [
-                    self.win_start.eq(0),
-                    upcoming.eq(upcoming + 1),
-                    remaining.eq(remaining - 1),
-                    en.eq(conducts_next),
-                ]
-                m.d.comb += next_last.eq(remaining == 1)
-                with m.If(self.last):
-                    m.d.sync += en.eq(0)
-                    m.d.comb += [next_active.eq(0), next_last.eq(0)]
-                    m.next = "IDLE"
         return m
 
     @staticmethod
