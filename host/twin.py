@@ -90,9 +90,8 @@ class RegisterState:
 def ldpu(raw: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: bool) -> np.ndarray:
     """docs/numerics.md section 5, vectorised: int64 raw [..., cols] -> int8 codes."""
     acc = np.multiply(raw, gain, dtype=np.int64)
-    acc += bias
+    acc += bias + (1 << (shift - 1)) if shift else bias  # the rounding term joins the (cols,) bias
     if shift:
-        acc += 1 << (shift - 1)
         acc >>= shift
     if relu:
         np.maximum(acc, 0, out=acc)
@@ -235,7 +234,7 @@ class TwinTile:
     def _counts(self, durations, negative, select) -> np.ndarray:
         """Run windows, clamp to the counter, account saturation (numerics 3)."""
         counts = np.asarray(self.analog.windows(durations, negative, select, self.window), dtype=np.int64)
-        saturated = int(np.count_nonzero(counts > COUNTER_MAX))
+        saturated = int(np.count_nonzero(counts > COUNTER_MAX)) if counts.max(initial=0) > COUNTER_MAX else 0
         if saturated:
             r = self.regs
             r["STATUS", "saturated"] = 1

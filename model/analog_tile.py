@@ -106,7 +106,8 @@ class AnalogTile:
         select = np.asarray(select).reshape(-1)
         polarity = np.where(np.asarray(negative, dtype=bool), -1, 1)
         ops = self._next_windows(len(durations))
-        cco, codes = self.crossbar.cco, np.unique(select)
+        cco = self.crossbar.cco
+        codes = select[:1] if len(select) < 2 or (select == select[0]).all() else np.unique(select)  # 10 us
         if len(codes) == 1:  # one batch, no copies of the drive (1-phase MVMs)
             counts = cco.window_counts_batch(durations, polarity, SELECTS[int(codes[0])], n_cycles, ops)
         else:

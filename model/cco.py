@@ -18,9 +18,9 @@ Because E depends on the final phase only, the window count needs sum_c dphi_c, 
   integers where offset + gain * I lies in [0, fmax]), sum_c dphi_c = n * offset + gain * Q
   exactly. drive.currents_may_leave proves that with float32 matmuls over the rows the batch
   drives (one for 4-phase windows, whose currents only shrink during the window; per duration
-  band for 1-phase windows) and a proven rounding margin, then for 1-phase pairs those bounds
-  left open by an exact integer scan of their currents; it may flag a pair that does not clip,
-  never miss one that does;
+  band for 1-phase windows) and a proven rounding margin, then, for the 1-phase pairs those
+  bounds leave open in a batch, by an exact integer scan of their currents in the bands they
+  failed; it may flag a pair that does not clip, never miss one that does;
 - otherwise (flagged pairs only) the exact sum over the piecewise-constant currents: sort the
   rows by duration, prefix sums give the current of each segment between distinct durations
   (O(rows) per column and window: fast when saturation is rare, as it should be).
@@ -38,9 +38,10 @@ With beta = 0, Nl is the identity and no float rounding is involved at all.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Protocol
 
 import numpy as np
@@ -73,6 +74,11 @@ _EXACT_CHUNK_ELEMENTS = 2**22
 #: arrays that stay in the CPU cache (64 windows x 256 columns x 8 bytes = 128 kB; measured
 #: ~2.5 ms faster per 1,000 windows than one chunk).
 _TAIL_CHUNK_WINDOWS = 64
+#: `_driven_rows` restricts the matrix to the driven rows for batches of at least this many
+#: windows.
+_RESTRICT_MIN_WINDOWS = 64
+#: Batches of at least this many windows run in two threads, half each (`CCO._counts`).
+_PARALLEL_MIN_WINDOWS = 512
 
 
 class ConductanceSource(Protocol):
@@ -135,15 +141,16 @@ class CcoTransfer:
         holding exact integers (the same float64 u either way). In place, with the same IEEE
         operations as S0 * (C - K * v * v), v = knee - min(u, knee)."""
         u = np.maximum(phase, 0, dtype=np.float64)
+        scale = 1.0 / PHASE_PER_PULSE
         if self.knee > 0:
             k = 0.5 / self.knee
             v = np.subtract(self.knee, np.minimum(u, self.knee, out=u), out=u)
             kv2 = np.multiply(v, v, out=u)
             kv2 *= k
             u = np.subtract(k * (self.knee * self.knee), kv2, out=u)
-            u *= _SLOPE_MARGIN
-        u *= 1.0 / PHASE_PER_PULSE
-        return np.floor(u, out=u).astype(np.int64)
+            scale *= _SLOPE_MARGIN  # (x S0) 2**-32 in one product: scaling by 2**-32 is exact
+        u *= scale
+        return u.astype(np.int64)  # u >= 0 (C >= K v v, rounding is monotone): floor = truncation
 
     def initial_phase(self, rng: KeyedRng, op_indices: np.ndarray) -> np.ndarray:
         """phi_0 (len(op_indices), cols) as float64 holding integers: half a pulse plus keyed
@@ -152,9 +159,10 @@ class CcoTransfer:
         if self.output_noise_pulses == 0:
             return np.full(shape, PHASE_PER_PULSE // 2, dtype=np.float64)
         phase = rng.normal(Stream.CCO_OUTPUT, op_indices, shape[1])
-        phase *= self.output_noise_pulses
-        phase += 0.5
-        phase *= PHASE_PER_PULSE
+        # (sigma z + 0.5) 2**32 as sigma 2**32 z + 2**31: scaling by 2**32 is exact, so both
+        # round alike
+        phase *= self.output_noise_pulses * PHASE_PER_PULSE
+        phase += PHASE_PER_PULSE // 2
         np.rint(phase, out=phase)
         return np.minimum(phase, PHASE_PER_PULSE - 1, out=phase)
 
@@ -170,30 +178,34 @@ class CcoTransfer:
                 np.where(unbounded, int64.max, (self.fmax - self.offset) // gain))
 
     def exact_advance(self, w_int: np.ndarray, d: np.ndarray, s: np.ndarray, n_window_cycles: int,
-                      window: np.ndarray, column: np.ndarray) -> np.ndarray:
-        """sum_c dphi_c for the (window, column) pairs given, cycle-exact with saturation.
+                      window: np.ndarray, column: np.ndarray, terms: np.ndarray | None = None) -> np.ndarray:
+        """sum_c dphi_c for the (window, column) pairs given, cycle-exact with saturation
+        (terms: `signed_terms(w_int)` if the caller has it, `SelectedConductance.terms`).
 
-        Rows sorted by decreasing duration (once per window, `rows_by_duration`): during cycles
-        [d_(p+1), d_(p)) exactly the rows 0..p conduct, so the current there is the prefix sum
-        C_p; after the longest duration no row conducts and the rate is the offset. Cost:
-        O(rows) per pair.
+        Rows sorted by decreasing duration (once per window with pairs, `rows_by_duration`):
+        during cycles [d_(p+1), d_(p)) exactly the rows 0..p conduct, so the current there is
+        the prefix sum C_p; after the longest duration no row conducts and the rate is the
+        offset. Cost: O(rows) per pair.
         """
-        windows, pair_window = np.unique(window, return_inverse=True)
-        columns, pair_column = np.unique(column, return_inverse=True)
-        signed, d_sorted = rows_by_duration(d[windows], s[windows])
+        terms = signed_terms(w_int) if terms is None else terms
+        if len(d) > 1:  # the windows with pairs (np.unique: ~10 us, a third of one window's sums)
+            windows, window = np.unique(window, return_inverse=True)
+            d, s = d[windows], s[windows]
+        signed, d_sorted = rows_by_duration(d, s)
         conducting = d_sorted.shape[1]
-        lengths = d_sorted - np.pad(d_sorted[:, 1:], ((0, 0), (0, 1)))
-        idle = n_window_cycles - d[windows].max(axis=1)
-        terms_of = signed_terms(w_int[:, columns])
+        lengths = d_sorted.copy()
+        lengths[:, :-1] -= d_sorted[:, 1:]  # d_(p) - d_(p+1), the last row's down to 0
+        idle = n_window_cycles - (d_sorted[:, 0] if conducting else 0)
         stride = 2 * w_int.shape[0] + 1
         total = np.empty(len(window), dtype=np.int64)
         step = max(1, _EXACT_CHUNK_ELEMENTS // max(conducting, 1))
         for start in range(0, len(window), step):
-            k, c = pair_window[start:start + step], pair_column[start:start + step]
-            j = column[start:start + step]
-            terms = np.take(terms_of, c[:, None] * stride + signed[k])
-            rate = self._saturated_rate(self.offset[j, None], self.gain[j, None], np.cumsum(terms, axis=1))
-            total[start:start + step] = np.einsum("pr,pr->p", lengths[k], rate) + idle[k] * self.offset[j]
+            k, j = window[start:start + step], column[start:start + step]
+            # (positions, pairs): numpy's cumsum is ~2x faster along the first axis
+            index = np.add(signed[k].T, j * stride, order="C")
+            currents = np.cumsum(np.take(terms, index), axis=0)
+            rate = self._saturated_rate(self.offset[j], self.gain[j], currents)
+            total[start:start + step] = np.einsum("pk,kp->k", rate, lengths[k]) + idle[k] * self.offset[j]
         return total
 
 
@@ -265,15 +277,28 @@ class CCO:
         check_exact(w, int(d.max(initial=0)))  # on the whole matrix: the errors do not depend
         check_exact(w, n)                      # on which rows the batch drives
         w, d, s = _driven_rows(w, d, s)
+        w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
+        with single_threaded_blas():
+            if len(d) < _PARALLEL_MIN_WINDOWS:
+                return self._window_counts(w, d, s, n, ops)
+            # Every window's count depends on that window alone, so the halves run at once:
+            # numpy and BLAS release the GIL in their loops, and both threads' BLAS calls run
+            # single-threaded (the limit is process-wide).
+            half = len(d) // 2
+            second = _worker().submit(self._window_counts, w, d[half:], s[half:], n, ops[half:])
+            first = self._window_counts(w, d[:half], s[:half], n, ops[:half])
+            return np.concatenate([first, second.result()])
+
+    def _window_counts(self, w: SelectedConductance, d: np.ndarray, s: np.ndarray, n: int,
+                       ops: np.ndarray) -> np.ndarray:
         t = self.transfer
-        with single_threaded_blas() if len(d) > 1 else nullcontext():  # one window: gemv-sized
-            window, column = currents_may_leave(w, d, s, n, *t.current_limits)
-            # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
-            advance = integrated_charge(w, d, s, dtype=np.float64)
+        window, column = currents_may_leave(w, d, s, n, *t.current_limits)
+        # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
+        advance = integrated_charge(w, d, s, dtype=np.float64)
         advance *= t.gain
         advance += n * t.offset
         if len(window):
-            advance[window, column] = t.exact_advance(w.w_int, d, s, n, window, column)
+            advance[window, column] = t.exact_advance(w.w_int, d, s, n, window, column, w.terms)
         counts = np.empty(advance.shape, dtype=np.int64)
         for b in range(0, len(advance), _TAIL_CHUNK_WINDOWS):
             chunk = slice(b, b + _TAIL_CHUNK_WINDOWS)
@@ -283,10 +308,27 @@ class CCO:
         return counts
 
 
+@cache
+def _worker() -> ThreadPoolExecutor:
+    """The second thread of large batches (`CCO._counts`), started on first use (anew in a
+    forked child, which has none of its parent's threads)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcmhil-cco")
+
+
+os.register_at_fork(after_in_child=_worker.cache_clear)
+
+
 def _driven_rows(w: SelectedConductance, d: np.ndarray, s: np.ndarray
                  ) -> tuple[SelectedConductance, np.ndarray, np.ndarray]:
     """The select and drive without the rows no window of the batch drives (they add nothing to
-    any sum): every matmul shrinks with them, e.g. for a layer on part of the tile's rows."""
+    any sum): every matmul shrinks with them, e.g. for a layer on part of the tile's rows.
+
+    Only for batches of _RESTRICT_MIN_WINDOWS windows or more: a restricted select and its
+    current bounds are built anew (~0.5 ms at 256 x 256) unless the rows are the last ones, and
+    the rows a few windows leave idle (inputs 0, the other sign's rows of a 4-phase window)
+    change from call to call, while the matmuls of a few windows cost little more on all rows."""
+    if len(d) < _RESTRICT_MIN_WINDOWS:
+        return w, d, s
     rows = np.flatnonzero(d.any(axis=0))
     if len(rows) == w.rows:
         return w, d, s

@@ -59,7 +59,7 @@ def check_array(name: str, value, shape: tuple[int | None, ...], kind: str) -> n
         wanted = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
         raise ConfigError(f"{name} must have shape {wanted}, not {array.shape!r}")
     if kind == "int":
-        if not np.issubdtype(array.dtype, np.integer):
+        if array.dtype != np.int64 and not np.issubdtype(array.dtype, np.integer):
             raise ConfigError(f"{name} must be an integer array, not dtype {array.dtype.name!r}")
         return array.astype(np.int64, copy=False)
     assert kind == "real", kind

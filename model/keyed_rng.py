@@ -41,19 +41,36 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 #: splitmix64's (shift, multiplier) rounds, then its final shift.
 _MIX_ROUNDS = ((np.uint64(30), np.uint64(0xBF58476D1CE4E5B9)), (np.uint64(27), np.uint64(0x94D049BB133111EB)))
 _MIX_FINAL_SHIFT = np.uint64(31)
+_UINT64_MASK = 2**64 - 1
+#: `splitmix64` hashes arrays of up to this many values as Python integers.
+_FEW_VALUES = 4
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """Steele/Lea/Flood splitmix64 finaliser on uint64 arrays (wrapping arithmetic), as a new
-    array: 9 uint64 operations per element, in place on it and one scratch array."""
-    z = np.add(np.asarray(x, dtype=np.uint64), _GOLDEN)
+    """Steele/Lea/Flood splitmix64 finaliser on uint64 arrays of at least one dimension
+    (wrapping arithmetic: numpy checks no overflow in array loops, only on 0-d arrays and
+    scalars), as a new array: 9 uint64 operations per element, in place on it and one scratch
+    array; up to _FEW_VALUES values as Python integers (`_splitmix64_int`, the same function),
+    where numpy's ~1 us per call would be most of the time (one window's operation index)."""
+    x = np.asarray(x, dtype=np.uint64)
+    assert x.ndim, "splitmix64 of a 0-d array would warn on the wrapping multiplications"
+    if x.size <= _FEW_VALUES:
+        return np.array([_splitmix64_int(int(v)) for v in x.flat], dtype=np.uint64).reshape(x.shape)
+    z = np.add(x, _GOLDEN)
     shifted = np.empty_like(z)
-    with np.errstate(over="ignore"):
-        for shift, multiplier in _MIX_ROUNDS:
-            z ^= np.right_shift(z, shift, out=shifted)
-            z *= multiplier
-        z ^= np.right_shift(z, _MIX_FINAL_SHIFT, out=shifted)
+    for shift, multiplier in _MIX_ROUNDS:
+        z ^= np.right_shift(z, shift, out=shifted)
+        z *= multiplier
+    z ^= np.right_shift(z, _MIX_FINAL_SHIFT, out=shifted)
     return z
+
+
+def _splitmix64_int(z: int) -> int:
+    """`splitmix64` of one value in Python integer arithmetic (the wrapping made explicit)."""
+    z = (z + int(_GOLDEN)) & _UINT64_MASK
+    for shift, multiplier in _MIX_ROUNDS:
+        z = ((z ^ (z >> int(shift))) * int(multiplier)) & _UINT64_MASK
+    return z ^ (z >> int(_MIX_FINAL_SHIFT))
 
 
 class KeyedRng:

@@ -1,0 +1,173 @@
+"""The window model's speed paths give the counts of the plain definitions, code for code.
+
+One window alone (the cosim's transaction mode), batches that take the exact scan from the band
+test's start and run in two threads, and the rewritten elementwise tail (keyed noise, pulses) are
+each compared with what they replace: single-window calls, brute-force per-cycle currents, the
+former IEEE operation sequences. Workload of the twin benchmark: 256 x 256, hermes-2dev, uniform
+weights programmed through PROGRAM_ROW, uniform int8 inputs (host/bench.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pcmhil.model import cco, drive, get_preset, keyed_rng
+from pcmhil.model.analog_tile import PROGRAM_TARGET, make_analog_tiles
+from pcmhil.model.cco import PHASE_PER_PULSE, CcoTransfer
+from pcmhil.model.drive import SelectedConductance, currents_may_leave, single_threaded_blas
+from pcmhil.model.keyed_rng import KeyedRng, Stream, splitmix64
+
+
+def bench_tile(seed: int = 0, rows: int = 256, cols: int = 256):
+    (tile,) = make_analog_tiles(rows, cols, 1, preset="hermes-2dev", seed=seed)
+    w = np.random.default_rng(seed).uniform(-1, 1, (rows, cols))
+    for row in range(rows):
+        tile.program_row(row, np.rint(np.maximum(w[row], 0) * 255), np.rint(np.maximum(-w[row], 0) * 255),
+                         PROGRAM_TARGET)
+    return tile
+
+
+def test_a_batch_equals_its_windows_one_at_a_time():
+    """A batch large enough for every batch path (band test with scan starts, backward exact
+    scan, two threads) gives each window the counts it gets alone, in the same operation order;
+    also for mixed selects (4-phase windows) and for windows that leave rows undriven."""
+    x = np.random.default_rng(7).integers(-128, 128, (max(600, cco._PARALLEL_MIN_WINDOWS + 1), 256))
+    x[:40, 200:] = 0
+    drives = [(np.abs(x), x < 0, np.zeros(len(x), int)),
+              (np.abs(x[:90]), np.zeros((90, 256), bool), np.arange(90) % 3)]
+    batched, single = bench_tile(), bench_tile()
+    for durations, negative, select in drives:
+        whole = batched.windows(durations, negative, select, 128)
+        alone = np.concatenate([single.windows(durations[k:k + 1], negative[k:k + 1], select[k:k + 1], 128)
+                                for k in range(len(durations))])
+        assert np.array_equal(whole, alone)
+    assert batched.window_index == single.window_index == 690
+
+
+def test_scan_from_the_band_test_lists_every_pair_that_clips():
+    """The batch path's list of pairs that may clip (band test, then the exact scan backwards
+    from C_0 over the bands each pair failed) holds every pair whose current leaves its limits
+    in some cycle (brute force over all cycles), and few others."""
+    tile = bench_tile()
+    w, transfer = tile.crossbar.selected("differential"), tile.crossbar.cco.transfer
+    lower, upper = transfer.current_limits
+    bounds = w.bounds(lower, upper)
+    x = np.random.default_rng(8).integers(-128, 128, (200, 256))
+    d, s = np.abs(x), np.where(x < 0, -1, 1)
+    assert bounds.exact32
+    with single_threaded_blas():
+        listed = np.zeros(d.shape[:1] + lower.shape, dtype=bool)
+        listed[currents_may_leave(w, d, s, 128, lower, upper)] = True
+        currents = np.stack([((d > c) * s).astype(float) @ w.w for c in range(128)])  # exact integers
+    leaves = (currents.max(axis=0) > upper) | (currents.min(axis=0) < lower)
+    failed_band_test = bounds._band_test(d, s, 128, dense=True)
+    assert len(failed_band_test.window) >= drive._SCAN_MIN_PAIRS  # the scan ran, from C_0
+    assert failed_band_test.start is not None
+    assert leaves.sum() >= 20 and not (leaves & ~listed).any()
+    assert (listed & ~leaves).sum() <= leaves.sum()
+
+
+@pytest.mark.parametrize("start", ["forward", "backward"])
+def test_prefix_scan_either_way_decides_exactly_on_distinct_durations(start):
+    """With distinct durations every prefix of the sorted rows is a current, so a scan over all
+    of them (forward from 0, or backward from C_0 with every row removed) proves inside exactly
+    the pairs that never leave (limits 1 LSB inside the extremes)."""
+    rng = np.random.default_rng(9)
+    rows, cols, n, batch = 40, 16, 60, 100
+    w_int = rng.integers(-3000, 3000, (rows, cols))
+    d = np.stack([rng.permutation(np.arange(1, n + 1))[:rows] for _ in range(batch)])
+    d[:, :3] = 0
+    s = rng.choice([-1, 1], d.shape)
+    currents = np.stack([((d > c) * s) @ w_int for c in range(n)])
+    upper = np.maximum(currents.max(axis=(0, 1)) - 1, 0)
+    lower = np.minimum(currents.min(axis=(0, 1)) + 1, 0)
+    leaves = (currents.max(axis=0) > upper) | (currents.min(axis=0) < lower)
+    window, column = (a.ravel() for a in np.meshgrid(np.arange(batch), np.arange(cols), indexing="ij"))
+    scan_start = None
+    if start == "backward":
+        scan_start = ((((d > 0) * s) @ w_int)[window, column], np.zeros(len(window), dtype=np.intp))
+    inside = drive._prefix_scan(SelectedConductance.of(w_int), d, s, window, column, lower, upper, scan_start)
+    assert leaves.sum() >= cols and np.array_equal(inside, ~leaves.ravel())
+
+
+@pytest.mark.parametrize("bands, n", [(2, 128), (5, 128), (8, 4095), (5, 3), (8, 1)])
+def test_band_edges_start_at_zero_and_cover_the_window(bands, n):
+    edges = drive._band_edges(bands, n)
+    assert edges[0] == 0 and (np.diff(edges) >= 0).all() and edges[-1] < n and len(edges) == bands
+    assert not edges.flags.writeable
+
+
+def former_cumulative_pulses(t: CcoTransfer, phase: np.ndarray) -> np.ndarray:
+    """The operation sequence before the tail was shortened (the reference)."""
+    u = np.maximum(phase, 0, dtype=np.float64)
+    if t.knee > 0:
+        k = 0.5 / t.knee
+        v = np.subtract(t.knee, np.minimum(u, t.knee, out=u), out=u)
+        kv2 = np.multiply(v, v, out=u)
+        kv2 *= k
+        u = np.subtract(k * (t.knee * t.knee), kv2, out=u)
+        u *= 1.0 - 2.0**-20
+    u *= 1.0 / PHASE_PER_PULSE
+    return np.floor(u, out=u).astype(np.int64)
+
+
+def former_initial_phase(t: CcoTransfer, rng: KeyedRng, ops: np.ndarray) -> np.ndarray:
+    phase = rng.normal(Stream.CCO_OUTPUT, ops, len(t.gain))
+    phase *= t.output_noise_pulses
+    phase += 0.5
+    phase *= PHASE_PER_PULSE
+    np.rint(phase, out=phase)
+    return np.minimum(phase, PHASE_PER_PULSE - 1, out=phase)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.9])
+def test_the_shortened_tail_computes_the_same_floats(beta):
+    """Initial phase and pulses with one multiplication fewer each (scalings by powers of two
+    are exact) and no floor (the value is >= 0) give the former results bit for bit, at random
+    phases, at the knee, at 0 and at pulse boundaries."""
+    preset = get_preset("hermes-2dev")
+    cco_preset = dataclasses.replace(preset.cco, nonlinearity_beta=beta, output_noise_pulses=0.37)
+    rng = KeyedRng(5, 2)
+    t = CcoTransfer.draw(cco_preset, 64, 2.0**20, rng)
+    ops = np.arange(3000, 3400, dtype=np.uint64)
+    assert np.array_equal(t.initial_phase(rng, ops), former_initial_phase(t, rng, ops))
+    g = np.random.default_rng(beta == 0)
+    phase = np.concatenate([g.integers(-2**40, 2**50, 200_000), np.arange(-5, 5),
+                            np.arange(1, 2**12) * PHASE_PER_PULSE + g.integers(-2, 3, 2**12 - 1)])
+    if t.knee:
+        phase = np.concatenate([phase, np.rint(t.knee) + np.arange(-3, 4)]).astype(np.int64)
+    for values in (phase, phase.astype(np.float64)):
+        assert np.array_equal(t.cumulative_pulses(values), former_cumulative_pulses(t, values))
+
+
+def test_few_values_hash_as_python_integers_alike():
+    """splitmix64 of up to a few values (one window's operation index) runs on Python integers:
+    the same hashes as the numpy loop, also at the ends of the uint64 range."""
+    x = np.random.default_rng(10).integers(0, 2**64 - 1, 64, dtype=np.uint64, endpoint=True)
+    x[:3] = [0, 2**64 - 1, 2**63]
+    whole = splitmix64(x)
+    assert len(x) > keyed_rng._FEW_VALUES
+    for count in range(1, keyed_rng._FEW_VALUES + 1):
+        assert np.array_equal(splitmix64(x[:count]), whole[:count])
+        assert np.array_equal(splitmix64(x[:count].reshape(count, 1)), whole[:count, None])
+
+
+def test_single_threaded_blas_restores_the_thread_counts():
+    libraries = drive._blas_libraries()
+    before = [library.num_threads for library in libraries]
+    with single_threaded_blas():
+        with single_threaded_blas():
+            assert all(library.num_threads == 1 for library in libraries)
+        assert all(library.num_threads == 1 for library in libraries)
+    assert [library.num_threads for library in libraries] == before
+
+
+def test_restricted_select_is_kept_for_the_same_rows():
+    w = SelectedConductance.of(np.arange(24).reshape(6, 4) - 10)
+    rows = np.array([0, 2, 5])
+    first = w.restricted(rows)
+    assert w.restricted(rows.copy()) is first and np.array_equal(first.w_int, w.w_int[rows])
+    assert w.restricted(np.array([1, 2])) is not first
