@@ -164,12 +164,14 @@ def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, d
     assert not any(len(a) for a in currents_may_leave(w, d, s, n, -wide, wide))
 
 
-@pytest.mark.parametrize("w_max", [40_000, 2**36 + 12345])
-def test_prefix_scan_is_exact_when_every_prefix_of_rows_is_a_current(w_max):
+@pytest.mark.parametrize("start", ["forward", "backward"])
+@pytest.mark.parametrize("w_max", [3000, 40_000, 2**36 + 12345])
+def test_prefix_scan_is_exact_when_every_prefix_of_rows_is_a_current(w_max, start):
     """With distinct durations in each window every prefix of the rows sorted by duration is
     the current of some cycle, so the exact scan (the last test of currents_may_leave) proves
     inside exactly the pairs whose current never leaves its limits (limits 1 LSB inside the
-    extremes, as above; int32 and int64 sums)."""
+    extremes, as above; int32 and int64 sums), scanning forward from 0 or backward from the
+    cycle-0 current C_0 with every row removed."""
     rng = np.random.default_rng(5)
     rows, cols, n, batch = 24, 16, 40, 200
     w_int = rng.integers(-w_max, w_max, (rows, cols))
@@ -181,7 +183,10 @@ def test_prefix_scan_is_exact_when_every_prefix_of_rows_is_a_current(w_max):
     lower = np.minimum(currents.min(axis=(0, 1)) + 1, 0)
     leaves = (currents.max(axis=0) > upper) | (currents.min(axis=0) < lower)
     window, column = (a.ravel() for a in np.meshgrid(np.arange(batch), np.arange(cols), indexing="ij"))
-    inside = _prefix_scan(SelectedConductance.of(w_int), d, s, window, column, lower, upper)
+    scan_start = None
+    if start == "backward":
+        scan_start = ((((d > 0) * s) @ w_int)[window, column], np.zeros(len(window), dtype=np.intp))
+    inside = _prefix_scan(SelectedConductance.of(w_int), d, s, window, column, lower, upper, scan_start)
     assert leaves.sum() >= cols and np.array_equal(inside, ~leaves.ravel())
 
 

@@ -70,29 +70,6 @@ def test_scan_from_the_band_test_lists_every_pair_that_clips():
     assert (listed & ~leaves).sum() <= leaves.sum()
 
 
-@pytest.mark.parametrize("start", ["forward", "backward"])
-def test_prefix_scan_either_way_decides_exactly_on_distinct_durations(start):
-    """With distinct durations every prefix of the sorted rows is a current, so a scan over all
-    of them (forward from 0, or backward from C_0 with every row removed) proves inside exactly
-    the pairs that never leave (limits 1 LSB inside the extremes)."""
-    rng = np.random.default_rng(9)
-    rows, cols, n, batch = 40, 16, 60, 100
-    w_int = rng.integers(-3000, 3000, (rows, cols))
-    d = np.stack([rng.permutation(np.arange(1, n + 1))[:rows] for _ in range(batch)])
-    d[:, :3] = 0
-    s = rng.choice([-1, 1], d.shape)
-    currents = np.stack([((d > c) * s) @ w_int for c in range(n)])
-    upper = np.maximum(currents.max(axis=(0, 1)) - 1, 0)
-    lower = np.minimum(currents.min(axis=(0, 1)) + 1, 0)
-    leaves = (currents.max(axis=0) > upper) | (currents.min(axis=0) < lower)
-    window, column = (a.ravel() for a in np.meshgrid(np.arange(batch), np.arange(cols), indexing="ij"))
-    scan_start = None
-    if start == "backward":
-        scan_start = ((((d > 0) * s) @ w_int)[window, column], np.zeros(len(window), dtype=np.intp))
-    inside = drive._prefix_scan(SelectedConductance.of(w_int), d, s, window, column, lower, upper, scan_start)
-    assert leaves.sum() >= cols and np.array_equal(inside, ~leaves.ravel())
-
-
 @pytest.mark.parametrize("bands, n", [(2, 128), (5, 128), (8, 4095), (5, 3), (8, 1)])
 def test_band_edges_start_at_zero_and_cover_the_window(bands, n):
     edges = drive._band_edges(bands, n)
