@@ -153,11 +153,13 @@ class Chip:
 
     def _receive(self, count: int, kind: PacketType, tile: int) -> list[np.ndarray]:
         got = self.transport.receive(count)
-        for packet in got:
-            h = pk.header_fields(int(packet[0]))
-            if h["type"] != kind.value or h["tile"] != tile:
+        if got:  # every header at once (a batch of MVMs returns one packet per vector)
+            h = pk.header_fields(np.fromiter((p[0] for p in got), dtype=np.uint64, count=len(got)))
+            wrong = (h["type"] != kind.value) | (h["tile"] != tile)
+            if wrong.any():
+                k = int(np.argmax(wrong))
                 raise SimulationError(f"expected a {kind.name} packet from tile {tile}, got type "
-                                      f"{h['type']:#04x} from tile {h['tile']}")
+                                      f"{int(h['type'][k]):#04x} from tile {int(h['tile'][k])}")
         return got
 
     # ---- operations --------------------------------------------------------------------------

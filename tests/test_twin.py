@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from fake_analog import FakeAnalogTile
 
+from pcmhil.errors import SimulationError
 from pcmhil.host import packets as pk
 from pcmhil.host.chip import Chip, ChipError
 from pcmhil.host.twin import TwinTransport, ldpu
@@ -179,3 +180,23 @@ def test_irq_summary_follows_config():
     assert chip.read("IRQ_STATUS") == 0b10
     chip.clear_flags(1)
     assert chip.read("IRQ_STATUS") == 0
+
+
+@pytest.mark.parametrize("bad", ["type", "tile"])
+def test_a_result_packet_of_the_wrong_kind_or_tile_is_named(bad, monkeypatch):
+    chip, _ = make(rows=8, cols=12, tiles=2)
+    x = np.arange(-8, 8).reshape(2, 8)
+    real_receive = chip.transport.receive
+
+    def receive(count, timeout_s=10.0):
+        packets = real_receive(count)
+        wrong = (PacketType.VERIFY_DATA, 0) if bad == "type" else (PacketType.RESULT, 1)
+        packets[1] = packets[1].copy()
+        packets[1][0] = pk.header_word(wrong[0], wrong[1])
+        return packets
+
+    monkeypatch.setattr(chip.transport, "receive", receive)
+    got = f"{PacketType.VERIFY_DATA.value:#04x} from tile 0" if bad == "type" else "0x81 from tile 1"
+    expected = f"expected a RESULT packet from tile 0, got type {got}"
+    with pytest.raises(SimulationError, match=expected):
+        chip.mvm(0, x)
