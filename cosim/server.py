@@ -19,9 +19,10 @@ import numpy as np
 from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
 from pcmhil.cosim import vpi
-from pcmhil.cosim.boundary import BoundaryPorts
+from pcmhil.cosim.boundary import BoundaryPorts, lanes_to_words, words_to_lanes
 from pcmhil.cosim.harness import BEATS_PER_WORD, CLK_PERIOD_NS, DMA_DEPTH, DMA_PTR_BITS, INSTANCE
 from pcmhil.cosim.link import LinkClosed, recv_message, send_message
+from pcmhil.interface import BUS_DATA_BITS
 
 CONFIG_ENV = "PCMHIL_COSIM_CONFIG"
 _PTR_MASK = (1 << DMA_PTR_BITS) - 1
@@ -139,10 +140,8 @@ class Server:
     async def send(self, words: np.ndarray, lasts: np.ndarray, max_cycles: int) -> None:
         for start in range(0, len(words), DMA_DEPTH):
             chunk = words[start:start + DMA_DEPTH]
-            packed = np.zeros(-(-len(chunk) // BEATS_PER_WORD) * BEATS_PER_WORD, dtype="<u4")
-            packed[:len(chunk)] = chunk
-            for word, value in zip(self.dma_in, packed.view("<u8").tolist(), strict=False):
-                word.write(value)
+            packed = lanes_to_words(chunk, BUS_DATA_BITS, -(-len(chunk) // BEATS_PER_WORD))
+            vpi.write_all(self.dma_in[:len(packed)], packed)
             ends = set(np.flatnonzero(lasts[start:start + DMA_DEPTH]).tolist())
             for beat in self.in_lasts - ends:
                 self.dma_in_last[beat].write(0)
@@ -181,7 +180,7 @@ class Server:
         skip, word_count = first % BEATS_PER_WORD, DMA_DEPTH // BEATS_PER_WORD
         entries = [self.dma_out[(first // BEATS_PER_WORD + k) % word_count].read()
                    for k in range(-(-(skip + n_beats) // BEATS_PER_WORD))]
-        beats = np.array(entries, dtype="<u8").view("<u4")[skip:skip + n_beats]
+        beats = words_to_lanes(entries, BUS_DATA_BITS, skip + n_beats)[skip:]
         offset = 0
         while self.ends_rptr != ends_wptr:
             end = self.dma_out_ends[self.ends_rptr % DMA_DEPTH].read()
