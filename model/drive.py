@@ -244,9 +244,9 @@ class CurrentBounds:
         self.w32 = w.w32 if whole else np.ascontiguousarray(w.w32[:, cols])
         self.w_abs32 = w.w_abs32 if whole else np.ascontiguousarray(w.w_abs32[:, cols])
         self.reach32 = w.reach[cols].astype(np.float32)
-        self.low2, self.high2 = _band_limits(w, cols, lower, upper)
-        # every partial sum of a float32 matmul is an exact integer (module doc): C_0 exact
-        self.exact32 = bool(w.reach[cols].max(initial=0) < 2**24)
+        self.mid, self.half = _band_limits(w, cols, lower, upper)
+        # every partial sum of the A_g matmul is an exact integer (module doc): C_0 exact
+        self.exact32 = bool(2 * w.reach[cols].max(initial=0) < 2**24)
         self.bands = _band_count(w, cols, lower, upper) if len(cols) else 0
         self._seen = [0, 0]  # windows and failed pairs of the band test since bands last changed
         # `_sign_definite_test`: C_0 against the limit on the side its terms move it to.
@@ -339,56 +339,83 @@ class CurrentBounds:
         with e_g < d <= e_g+1. During band g the rows with d > e_g+1 conduct throughout
         (C_g+1) and a subset of group g conducts, whose sum lies within the group's negative
         and positive parts (S_g -+ T_g) / 2, S_g = C_g - C_g+1, T_g = sum over the group of
-        |W| = U_g - U_g+1 (U_g: the |W| sums of the rows with d > e_g). So 2 I_c lies within
-        C_g + C_g+1 -+ T_g: the pair is inside if max_g (C_g + C_g+1 + T_g) <= 2 upper and
-        min_g (C_g + C_g+1 - T_g) >= 2 lower. A larger T_g only widens the bound, so a dense
-        drive (nearly all rows conduct at cycle 0, U_0 close to reach) takes reach for U_0 and
-        saves a quarter of the 2-band matmuls.
+        |W|. So 2 I_c lies within A_g -+ T_g, A_g = C_g + C_g+1: the pair is inside if
+        |A_g - M| + T_g <= H for every g, with M = upper + lower and H = upper - lower (the
+        limits clamped to [-reach, reach], which changes no outcome: |I_c| <= reach). Both A_g
+        and T_g are one matmul each, from a left operand looked up per signed duration d s
+        (`_band_operands`): A_g's row holds s ([d > e_g] + [d > e_g+1]), T_g's the group
+        indicator. A dense drive (nearly all rows conduct at cycle 0) takes reach - sum of the
+        other T_g for T_0, an upper bound (the |W| sum at cycle 0 is at most reach): one matmul
+        row fewer.
 
         Float32 margin (u = 2**-24, R rows, a = reach_j): W is rounded to float32 (error
-        <= u|W|), the masks (0, +-1) are exact, and a float32 matmul is within gamma_R |x| |W|
-        of the exact result for any summation order, fused or not (Higham, "Accuracy and
-        Stability of Numerical Algorithms", 2nd ed., eq. 3.5; gamma_R = R u / (1 - R u)
-        <= 1.004 R u for rows <= 2**16), so every C_g, U_g is within e = (1.01 R + 1) u a of
-        its integer. The three float32 steps on them (T_g, C_g + C_g+1, their sum or
-        difference) act on values below a, 2a, 2a and add at most 4 e + 5 u a (plus terms of
-        order u e) = (4.04 R + 9) u a. `_band_limits` shrinks 2 upper and 2 lower by
-        (8 R + 32) u (a + 1), about twice that, and rounds them inwards to float32: a pair that
-        passes in float32 passes in exact arithmetic. (The float64 rounding of the shrunk
-        limits matters only where a limit is within about a of 0, and is then below 2**-51 a.)
+        <= u|W|), the operands (0, +-1, +-2) are exact, and a float32 matmul is within
+        gamma_R |x| |W| of the exact result for any summation order, fused or not (Higham,
+        "Accuracy and Stability of Numerical Algorithms", 2nd ed., eq. 3.5; gamma_R =
+        R u / (1 - R u) <= 1.004 R u for rows <= 2**16): A_g is within (2.01 R + 2) u a, T_g
+        within (1.01 R + 1) u T_g, and the dense T_0 (a sum of at most 8 of them subtracted from
+        reach in float32) within (1.01 R + 11) u a. The three float32 steps (A_g - M, abs,
+        + T_g) act on values below 3 (a + 1) and 4 (a + 1) and add at most 7 u (a + 1), M's
+        rounding u (a + 1): (3.02 R + 21) u (a + 1) in all. `_band_limits` shrinks H by
+        (8 R + 32) u (a + 1) and rounds it down to float32: a pair that passes in float32 passes
+        in exact arithmetic.
 
         Scan start. Each band's bound is a proof on its own: a failed pair's currents are inside
         in every band after g*, its last failed band, and `_prefix_scan` need only cover the
-        cycles before e_g*+1. It starts from C_0, exact when every partial sum of the float32
-        matmul is an integer below 2**24 (reach < 2**24, `exact32`), and removes the rows of
-        the shortest durations first until the rows with d > e_g*+1 are left.
+        cycles before e_g*+1. It starts from C_0 = sum_g (-1)**g A_g, exact when every partial
+        sum of the float32 matmul is an integer below 2**24 (2 reach < 2**24, `exact32`), and
+        removes the rows of the shortest durations first until the rows with d > e_g*+1 are left.
         """
-        low2, high2, bands = self.low2, self.high2, self.bands
-        edges = _band_edges(bands, n_window_cycles)
+        bands = self.bands
+        table_a, table_t = _band_tables(bands, n_window_cycles)
+        first = 1 if dense else 0
         with_start = self.exact32 and len(d) * len(self.cols) >= _SCAN_MIN_PAIRS
+        rows, cols = self.w.rows, len(self.cols)
         parts = []
-        for chunk in _window_chunks(len(d), bands * self.w.rows, _BAND_CHUNK_ELEMENTS):
-            cycle0, high, low, on = _band_bounds(d[chunk], s[chunk], edges, self.w32, self.w_abs32,
-                                                 self.reach32 if dense else None, with_start)
-            window, column = np.nonzero((high[0] > high2) | (low[0] < low2))
-            start = _scan_start(cycle0, high, low, on, window, column, low2, high2) if with_start else None
+        for chunk in _window_chunks(len(d), bands * rows, _BAND_CHUNK_ELEMENTS):
+            index = np.multiply(d[chunk], s[chunk], dtype=np.intp)
+            windows = len(index)
+            index += n_window_cycles  # row of the tables: signed duration + n
+            left = np.empty((2 * bands - first, windows, rows), dtype=np.float32)
+            for g in range(bands):
+                np.take(table_a[g], index, out=left[g], mode="clip")
+            for g in range(first, bands):
+                np.take(table_t[g], index, out=left[bands + g - first], mode="clip")
+            flat = left.reshape(len(left) * windows, rows)
+            a = (flat[:bands * windows] @ self.w32).reshape(bands, windows, cols)
+            t = np.empty_like(a)
+            t_rows = t[first:].reshape((bands - first) * windows, cols)
+            np.matmul(flat[bands * windows:], self.w_abs32, out=t_rows)
+            if first:
+                np.subtract(self.reach32, t[1:].sum(axis=0), out=t[0])
+            y = np.subtract(a, self.mid, out=None if with_start else a)  # A_g kept for the scan start
+            np.abs(y, out=y)
+            y += t
+            worst = y.max(axis=0)
+            window, column = np.nonzero(worst > self.half)
+            start = _scan_start(a, y, left[bands:], first, window, column, self.half) if with_start else None
             parts.append(_FailedPairs(window + chunk.start, column, start))
         return _FailedPairs.joined(parts)
 
 
-def _scan_start(cycle0: np.ndarray, high: np.ndarray, low: np.ndarray, on: np.ndarray, window: np.ndarray,
-                column: np.ndarray, low2: np.ndarray, high2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _scan_start(a: np.ndarray, y: np.ndarray, groups: np.ndarray, first: int, window: np.ndarray,
+                column: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(C_0, rows kept) of the failed pairs (window, column) for `_prefix_scan`, from
-    `_band_bounds`' suffix extremes: the bands from g on are proven for every g > g*, the
-    pair's last failed band, so the scan keeps the rows with d > e_g*+1."""
+    `_band_test`'s per-band values y (bands, B, cols) and A_g: C_0 = sum_g (-1)**g A_g (exact
+    integers, summed in float64), and the scan keeps the rows with d > e_g*+1, g* the pair's
+    last failed band (groups: the group indicators of the T_g rows, the first one missing when
+    dense)."""
+    bands = len(a)
+    signs = np.where(np.arange(bands) % 2, -1.0, 1.0)
+    cycle0 = signs @ a[:, window, column].astype(np.float64)
     if not len(window):
-        return cycle0[window, column], np.zeros(0, dtype=np.intp)
-    bands = len(high)
-    proven = (high[:, window, column] <= high2[column]) & (low[:, window, column] >= low2[column])
-    after_last = bands - np.count_nonzero(proven, axis=0)  # g* + 1: proven is monotone in g
-    kept = np.zeros((bands + 1, on.shape[1]), dtype=np.intp)  # rows with d > e_g; none > n
-    kept[:-1] = on.sum(axis=2, dtype=np.int16 if on.shape[2] < 2**15 else np.intp)  # 3x count_nonzero
-    return cycle0[window, column], kept[after_last, window]
+        return cycle0, np.zeros(0, dtype=np.intp)
+    failed = y[:, window, column] > half[column]
+    after_last = bands - np.argmax(failed[::-1], axis=0)  # g* + 1
+    kept = np.zeros((bands + 1, groups.shape[1]), dtype=np.intp)  # rows with d > e_g; none > n
+    group_rows = groups[1 - first:].sum(axis=2, dtype=np.float32)  # groups 1 .. bands-1
+    kept[1:bands] = np.cumsum(group_rows[::-1], axis=0)[::-1]
+    return cycle0, kept[after_last, window]
 
 
 @dataclass(frozen=True)
@@ -456,36 +483,19 @@ def _band_edges(bands: int, n_window_cycles: int) -> np.ndarray:
     return edges
 
 
-def _band_bounds(d: np.ndarray, s: np.ndarray, edges: np.ndarray, w32: np.ndarray, w_abs32: np.ndarray,
-                 reach32: np.ndarray | None, suffix: bool) -> tuple:
-    """(cycle0, high, low, on) of `_band_test` in float32: high[0] and low[0] (B, cols) are max_g
-    and min_g of C_g + C_g+1 -+ T_g (twice the band bounds), every band at once; with suffix,
-    high and low are (bands, B, cols), high[g] the max over bands g and later (low the min), and
-    cycle0 is C_0 (else None); on (bands, B, rows): the rows conducting at each band's start.
-    With reach32 (reach in float32, within u a like any U_g), U_0 is taken as reach."""
-    bands, (windows, rows) = len(edges), d.shape
-    on = d > edges[:, None, None]  # (bands, B, rows): row conducts at the band's start
-    flat = (bands * windows, rows)  # one matmul for all bands: fewer BLAS calls
-    start = (np.multiply(on, s.astype(np.float32)).reshape(flat) @ w32).reshape(bands, windows, -1)
-    cycle0 = start[0].copy() if suffix else None
-    start_abs = np.empty_like(start)
-    first = 0 if reach32 is None else 1
-    if first:
-        start_abs[0] = reach32
-    np.matmul(on[first:].reshape((bands - first) * windows, rows).astype(np.float32), w_abs32,
-              out=start_abs[first:].reshape((bands - first) * windows, -1))
-    # C_g + C_g+1 and T_g of every band in place (numpy reads overlapping inputs as they were
-    # before the call; C_bands = U_bands = 0)
-    np.add(start[:-1], start[1:], out=start[:-1])
-    np.subtract(start_abs[:-1], start_abs[1:], out=start_abs[:-1])
-    low = start - start_abs
-    high = np.add(start, start_abs, out=start)
-    if not suffix:
-        return None, high.max(axis=0, keepdims=True), low.min(axis=0, keepdims=True), on
-    for g in range(bands - 2, -1, -1):
-        np.maximum(high[g], high[g + 1], out=high[g])
-        np.minimum(low[g], low[g + 1], out=low[g])
-    return cycle0, high, low, on
+@cache
+def _band_tables(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarray]:
+    """The left operands of `_band_test` per signed duration v = d s (index v + n, float32
+    (bands, 2 n + 1), read-only, shared): A_g's s ([d > e_g] + [d > e_g+1]) and T_g's group
+    indicator [e_g < d <= e_g+1] (e_bands = n)."""
+    edges = np.append(_band_edges(bands, n_window_cycles), n_window_cycles)
+    v = np.arange(-n_window_cycles, n_window_cycles + 1)
+    on = np.abs(v) > edges[:, None]  # (bands + 1, 2 n + 1): row conducts at the band's start
+    table_a = (np.sign(v) * (on[:-1].astype(np.int64) + on[1:])).astype(np.float32)
+    table_t = (on[:-1] & ~on[1:]).astype(np.float32)
+    for table in (table_a, table_t):
+        table.flags.writeable = False
+    return table_a, table_t
 
 
 def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: np.ndarray,
@@ -576,9 +586,12 @@ def signed_terms(w_int: np.ndarray, dtype: type = np.int64) -> np.ndarray:
 
 def _band_limits(w: SelectedConductance, cols: np.ndarray, lower: np.ndarray, upper: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (len(cols),) 2 lower and 2 upper moved inwards by the margin of `_band_test`."""
-    margin = (8 * w.rows + 32) * FLOAT32_UNIT * (w.reach[cols] + 1.0)
-    return (_float32_above(2.0 * lower[cols] + margin), _float32_below(2.0 * upper[cols] - margin))
+    """float32 (len(cols),) M and H of `_band_test`: M = upper + lower and H = upper - lower of
+    the limits clamped to [-reach, reach], H moved inwards by the test's margin."""
+    reach = w.reach[cols].astype(np.float64)
+    high, low = np.minimum(upper[cols], reach), np.maximum(lower[cols], -reach)
+    margin = (8 * w.rows + 32) * FLOAT32_UNIT * (reach + 1.0)
+    return (high + low).astype(np.float32), _float32_below(high - low - margin)
 
 
 def _float32_below(x: np.ndarray) -> np.ndarray:
