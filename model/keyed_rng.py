@@ -91,18 +91,17 @@ class KeyedRng:
         return np.random.Generator(np.random.Philox(key=key, counter=counter))
 
     def normal(self, stream: Stream, ops: np.ndarray, lanes: int) -> np.ndarray:
-        """N(0, 1) of shape (len(ops), lanes); element [b, j] depends only on (ops[b], j).
+        """N(0, 1) of shape (len(ops), lanes); element [b, j] depends only on (ops[b], j):
+        `normal_of_bits` of `bits`."""
+        return normal_of_bits(self.bits(stream, ops, lanes))
 
-        bits = splitmix64(per_op[b] ^ per_lane[j]), uniform = ((bits >> 11) + 0.5) 2**-53 in
-        (0, 1), z = ndtri(uniform): 14 uint64/float64 operations per element and one ndtri call
-        over the array."""
+    def bits(self, stream: Stream, ops: np.ndarray, lanes: int) -> np.ndarray:
+        """The uint64 hashes behind `normal`, (len(ops), lanes): splitmix64(per_op[b] ^
+        per_lane[j]), 10 uint64 operations per element (a caller that needs only where a
+        value lies, not the value, can skip `normal_of_bits`)."""
         base, per_lane = self._stream_keys(stream, lanes)
         per_op = splitmix64(base ^ np.asarray(ops, dtype=np.uint64))
-        bits = splitmix64(per_op[:, None] ^ per_lane[None, :])
-        uniform = np.right_shift(bits, np.uint64(11), out=bits).astype(np.float64)
-        uniform += 0.5
-        uniform *= 2.0**-53
-        return ndtri(uniform, out=uniform)
+        return splitmix64(per_op[:, None] ^ per_lane[None, :])
 
     def _stream_keys(self, stream: Stream, lanes: int) -> tuple[np.ndarray, np.ndarray]:
         """The per-stream key and per-lane hashes of `normal`, computed once per (stream, lanes)."""
@@ -111,3 +110,18 @@ class KeyedRng:
             self._keys[key] = (splitmix64(self._hash_base ^ np.uint64(int(stream))),
                                splitmix64(np.arange(lanes, dtype=np.uint64) ^ _GOLDEN))
         return self._keys[key]
+
+
+def normal_of_bits(bits: np.ndarray) -> np.ndarray:
+    """z = ndtri(uniform_of_bits(bits)), float64, in place on the uniform."""
+    uniform = uniform_of_bits(bits)
+    return ndtri(uniform, out=uniform)
+
+
+def uniform_of_bits(bits: np.ndarray) -> np.ndarray:
+    """((bits >> 11) + 0.5) 2**-53, in (0, 1), float64 (a new array; bits unchanged): monotone
+    in bits (each step rounds monotonically)."""
+    uniform = np.right_shift(bits, np.uint64(11)).astype(np.float64)
+    uniform += 0.5
+    uniform *= 2.0**-53
+    return uniform

@@ -120,6 +120,32 @@ def test_the_shortened_tail_computes_the_same_floats(beta):
         assert np.array_equal(t.cumulative_pulses(values), former_cumulative_pulses(t, values))
 
 
+@pytest.mark.parametrize("beta, sigma", [(0.0, 0.1), (0.3, 0.37), (0.02, 3.0), (0.3, 0.0)])
+def test_counts_from_the_noise_brackets_equal_the_counts_from_phi0(beta, sigma):
+    """counts_after (phi_0 bracketed by its hash's bin, ndtri only where the bracket's ends
+    give different counts) gives cumulative_pulses(initial_phase + advance) code for code: at
+    random advances, and at advances that put a pulse boundary 0 or 1 phase unit from every
+    element's phi_0 (every bracket open: the exact path), also in the bins at the ends of the
+    uniform range (|z| up to 8.3) and with sigma_out 0 (no noise)."""
+    preset = get_preset("hermes-2dev")
+    cco_preset = dataclasses.replace(preset.cco, nonlinearity_beta=beta, output_noise_pulses=sigma)
+    rng = KeyedRng(3, 1)
+    t = CcoTransfer.draw(cco_preset, 256, 2.0**20, rng)
+    ops = np.arange(900, 1200, dtype=np.uint64)
+    g = np.random.default_rng(int(beta * 100 + sigma * 10))
+    phi0 = t.initial_phase(rng, ops)
+    pulses = g.integers(0, 400, phi0.shape).astype(np.float64) * PHASE_PER_PULSE
+    edge = np.rint(t.knee) if t.knee else 0.0
+    near = g.integers(-2, 3, phi0.shape)
+    for advance in (np.rint(g.uniform(-2.0**33, 2.0**42, phi0.shape)),
+                    pulses - phi0, pulses - phi0 - 1, pulses - phi0 + 1, edge - phi0 + near):
+        expected = t.cumulative_pulses(phi0 + advance)
+        assert np.array_equal(t.counts_after(rng, ops, advance), expected)
+    if sigma:
+        bins = np.right_shift(rng.bits(Stream.CCO_OUTPUT, ops, 256), np.uint64(64 - cco._NOISE_BIN_BITS))
+        assert bins.min() < 8 and bins.max() >= 2**cco._NOISE_BIN_BITS - 8  # the wide bins of the tails ran
+
+
 def test_few_values_hash_as_python_integers_alike():
     """splitmix64 of up to a few values (one window's operation index) runs on Python integers:
     the same hashes as the numpy loop, also at the ends of the uint64 range."""
