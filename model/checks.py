@@ -49,8 +49,9 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
 def check_array(name: str, value, shape: tuple[int | None, ...], kind: str) -> np.ndarray:
     """An array of the given shape (None: any length on that axis) and kind.
 
-    kind "int": any integer dtype, returned as int64; "real": any integer or float dtype with
-    only finite values (NaN and inf are rejected), returned as float64.
+    kind "int": any integer dtype, returned as int64; "integer": the same, returned as it is;
+    "real": any integer or float dtype with only finite values (NaN and inf are rejected),
+    returned as float64.
     """
     array = np.asarray(value)
     fits = array.ndim == len(shape) and all(
@@ -58,10 +59,10 @@ def check_array(name: str, value, shape: tuple[int | None, ...], kind: str) -> n
     if not fits:
         wanted = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
         raise ConfigError(f"{name} must have shape {wanted}, not {array.shape!r}")
-    if kind == "int":
+    if kind in ("int", "integer"):
         if array.dtype != np.int64 and not np.issubdtype(array.dtype, np.integer):
             raise ConfigError(f"{name} must be an integer array, not dtype {array.dtype.name!r}")
-        return array.astype(np.int64, copy=False)
+        return array.astype(np.int64, copy=False) if kind == "int" else array
     assert kind == "real", kind
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ConfigError(f"{name} must be a real array, not dtype {array.dtype.name!r}")

@@ -173,10 +173,12 @@ def check_select(select) -> str:
 
 def check_drive(durations, polarity, rows: int, n_window_cycles: int | None,
                 batched: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(durations, polarity) as int64 (B, rows); durations within [0, n_window_cycles]."""
+    """(durations, polarity) (B, rows); durations within [0, n_window_cycles]. Durations come
+    back as int16 where n_window_cycles < 2**15 (the windows' many passes over them then move a
+    quarter of the bytes), else int64; polarity as int8."""
     shape = (None, rows) if batched else (rows,)
-    d = check_array("durations", durations, shape, "int")
-    s = check_array("polarity", polarity, shape, "int")
+    d = check_array("durations", durations, shape, "integer")
+    s = check_array("polarity", polarity, shape, "integer")
     hi = np.iinfo(np.int64).max if n_window_cycles is None else n_window_cycles
     if d.size and (d.min() < 0 or d.max() > hi):  # two reductions; the full check names the element
         check_within("durations", d, 0, hi, f"cycles (n_window_cycles = {n_window_cycles})"
@@ -184,7 +186,8 @@ def check_drive(durations, polarity, rows: int, n_window_cycles: int | None,
     if s.size and (s.min() < -1 or s.max() > 1 or not s.all()):  # values in {-1, 1}, checked cheaply
         index = tuple(int(i) for i in np.argwhere(np.abs(s) != 1)[0])
         raise ConfigError(f"polarity must be +1 or -1, not {s[index].item()!r} at index {index}")
-    return np.atleast_2d(d), np.atleast_2d(s)
+    narrow = np.int16 if n_window_cycles is not None and n_window_cycles < 2**15 else np.int64
+    return np.atleast_2d(d.astype(narrow, copy=False)), np.atleast_2d(s.astype(np.int8, copy=False))
 
 
 def check_rows_or_batch(name: str, value) -> bool:
