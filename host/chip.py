@@ -152,9 +152,10 @@ class Chip:
         self.write("STATUS", mask, tile)
 
     def _receive(self, count: int, kind: PacketType, tile: int) -> list[np.ndarray]:
-        got = self.transport.receive(count)
+        """The next `count` packets, each of `kind` from `tile`, as Transport.receive_batches."""
+        got = self.transport.receive_batches(count)
         if got:  # every header at once (a batch of MVMs returns one packet per vector)
-            h = pk.header_fields(np.fromiter((p[0] for p in got), dtype=np.uint64, count=len(got)))
+            h = pk.header_fields(np.concatenate([batch[:, 0] for batch in got]))
             wrong = (h["type"] != kind.value) | (h["tile"] != tile)
             if wrong.any():
                 k = int(np.argmax(wrong))
@@ -214,7 +215,7 @@ class Chip:
         self.transport.send(packets)
         results = self._receive(len(packets), PacketType.RESULT, tile)
         self.wait_idle(tile)
-        y = pk.unpack_results(np.stack(results))
+        y = pk.unpack_results(np.concatenate(results))
         return y[0] if single else y
 
     def abort(self, tile: int = 0) -> None:

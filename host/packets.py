@@ -45,9 +45,9 @@ def header_fields(words: np.ndarray | int) -> dict[str, np.ndarray | int]:
 
 
 def _bytes_to_words(payload: np.ndarray) -> np.ndarray:
-    """[N, k*4] bytes -> [N, k] little-endian uint32 words."""
+    """[N, k*4] bytes -> [N, k] little-endian uint32 words (a view of contiguous `payload`)."""
     payload = np.ascontiguousarray(payload).view(np.uint8)
-    return payload.reshape(payload.shape[0], -1, BYTES_PER_BEAT).view("<u4")[..., 0].astype(np.uint32)
+    return payload.reshape(payload.shape[0], -1, BYTES_PER_BEAT).view("<u4")[..., 0]
 
 
 def _words_to_bytes(words: np.ndarray) -> np.ndarray:
@@ -58,8 +58,10 @@ def _words_to_bytes(words: np.ndarray) -> np.ndarray:
 
 def _with_headers(kind: PacketType, tile: int, aux: np.ndarray | int, payload: np.ndarray) -> np.ndarray:
     n = payload.shape[0]
-    headers = header_words(kind, tile, np.broadcast_to(np.asarray(aux, dtype=np.int64), (n,)))
-    return np.concatenate([headers[:, None], payload.astype(np.uint32)], axis=1)
+    packets = np.empty((n, 1 + payload.shape[1]), dtype=np.uint32)
+    packets[:, 0] = header_words(kind, tile, np.broadcast_to(np.asarray(aux, dtype=np.int64), (n,)))
+    packets[:, 1:] = payload  # cast as astype(np.uint32) would, without a copy of its own
+    return packets
 
 
 def _check_shape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -67,7 +69,8 @@ def _check_shape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
         raise ConfigError(f"{name} must have shape {shape}, not {array.shape}")
 
 
-def _check_int_range(name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+def _check_int_range(name: str, array: np.ndarray, lo: int, hi: int, dtype=np.int64) -> np.ndarray:
+    """`array` as `dtype` (wide enough for [lo, hi]) once every element is an integer in [lo, hi]."""
     array = np.asarray(array)
     if array.size and not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
@@ -75,7 +78,7 @@ def _check_int_range(name: str, array: np.ndarray, lo: int, hi: int) -> np.ndarr
     if array.size and (array.min() < lo or array.max() > hi):
         raise ConfigError(f"{name} must hold integers in [{lo}, {hi}], not values in "
                           f"[{array.min()}, {array.max()}]")
-    return array.astype(np.int64)
+    return array.astype(dtype)
 
 
 # ---- input packets --------------------------------------------------------------------------
@@ -85,7 +88,7 @@ def pack_activations(x: np.ndarray, geometry: Geometry, tile: int = 0) -> np.nda
     """int8 inputs [N, rows] -> packets [N, 1 + rows/4] of uint32."""
     x = np.atleast_2d(np.asarray(x))
     _check_shape("activations", x, (x.shape[0], geometry.rows))
-    x = _check_int_range("activations", x, -128, 127).astype(np.int8)
+    x = _check_int_range("activations", x, -128, 127, np.int8)
     return _with_headers(PacketType.ACTIVATIONS, tile, 0, _bytes_to_words(x))
 
 
@@ -137,7 +140,7 @@ def unpack_ldpu_params(packet: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pack_results(y: np.ndarray, tile: int, seq: np.ndarray) -> np.ndarray:
     """int8 outputs [N, cols] -> RESULT packets [N, 1 + cols/4]; aux = sequence numbers."""
     return _with_headers(PacketType.RESULT, tile, np.asarray(seq) & 0xFFFF,
-                         _bytes_to_words(np.asarray(y).astype(np.int8)))
+                         _bytes_to_words(np.asarray(y).astype(np.int8, copy=False)))
 
 
 def unpack_results(packets: np.ndarray) -> np.ndarray:

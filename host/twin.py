@@ -48,7 +48,8 @@ class AnalogTile(Protocol):
                 n_cycles: int) -> np.ndarray:
         """Counts [B, cols] (unclamped) of B windows run in order; consumes B operation indices.
 
-        durations [B, rows] int, negative [B, rows] bool, select [B] DeviceSelect values.
+        durations [B, rows] int (any integer dtype), negative [B, rows] bool, select [B]
+        DeviceSelect values. The caller owns the returned array (the twin reuses it in place).
         """
 
     def program_row(self, row: int, plus: np.ndarray, minus: np.ndarray, mode: ProgramMode) -> None:
@@ -87,15 +88,20 @@ class RegisterState:
         return reg
 
 
-def ldpu(raw: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: bool) -> np.ndarray:
-    """docs/numerics.md section 5, vectorised: int64 raw [..., cols] -> int8 codes."""
-    acc = np.multiply(raw, gain, dtype=np.int64)
+def ldpu(raw: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: bool,
+         overwrite: bool = False) -> np.ndarray:
+    """docs/numerics.md section 5, vectorised: int64 raw [..., cols] -> int8 codes.
+
+    With `overwrite`, `raw` (int64) is the accumulator: a batch of MVMs then needs no second
+    int64 array of its size (a fresh one costs more in page faults than the arithmetic).
+    """
+    acc = np.multiply(raw, gain, dtype=np.int64, out=raw if overwrite else None)
     acc += bias + (1 << (shift - 1)) if shift else bias  # the rounding term joins the (cols,) bias
     if shift:
         acc >>= shift
-    if relu:
-        np.maximum(acc, 0, out=acc)
-    return np.clip(acc, OUTPUT_MIN, OUTPUT_MAX, out=acc).astype(np.int8)
+    # ReLU is a lower bound of 0 on the clamp, which writes the int8 codes in the same pass
+    return np.clip(acc, 0 if relu else OUTPUT_MIN, OUTPUT_MAX, out=np.empty(acc.shape, np.int8),
+                   casting="unsafe")
 
 
 @dataclass
@@ -115,7 +121,7 @@ class TwinTile:
     prog_staged: tuple[np.ndarray, np.ndarray] | None = None
     ldpu_staged: tuple[np.ndarray, np.ndarray] | None = None
     running: _Running | None = None
-    out: list = field(default_factory=list)
+    out: list = field(default_factory=list)  # output packets in 2-D batches [k, length], in order
 
     def __post_init__(self):
         self.regs = RegisterState(RegisterMap(self.geometry).tile)
@@ -234,19 +240,22 @@ class TwinTile:
     def _counts(self, durations, negative, select) -> np.ndarray:
         """Run windows, clamp to the counter, account saturation (numerics 3)."""
         counts = np.asarray(self.analog.windows(durations, negative, select, self.window), dtype=np.int64)
-        saturated = int(np.count_nonzero(counts > COUNTER_MAX)) if counts.max(initial=0) > COUNTER_MAX else 0
+        high = counts.max(initial=0)
+        saturated = int(np.count_nonzero(counts > COUNTER_MAX)) if high > COUNTER_MAX else 0
         if saturated:
             r = self.regs
             r["STATUS", "saturated"] = 1
             r["SATURATION_COUNT", "count"] = (r["SATURATION_COUNT", "count"] + saturated) & 0xFFFFFFFF
-        return np.clip(counts, 0, COUNTER_MAX, out=counts)
+        if high > COUNTER_MAX or counts.min(initial=0) < 0:  # the usual batch needs no clamping pass
+            np.clip(counts, 0, COUNTER_MAX, out=counts)
+        return counts
 
     def _verify(self, row: int) -> None:
         durations = np.zeros((2, self.geometry.rows), dtype=np.int64)
         durations[:, row] = self.window  # full windows: the row conducts for all W cycles
         select = np.array([DeviceSelect.PLUS.value, DeviceSelect.MINUS.value])
         counts = self._counts(durations, np.zeros_like(durations, dtype=bool), select)
-        self.out.append(pk.pack_verify(counts[0], counts[1], self.index, row)[0])
+        self.out.append(pk.pack_verify(counts[0], counts[1], self.index, row))
 
     def _calibrate(self, k: int) -> None:
         n = 1 << k
@@ -254,16 +263,21 @@ class TwinTile:
         select = np.full(n, DeviceSelect.DIFFERENTIAL.value)
         total = self._counts(zeros, zeros.astype(bool), select).sum(axis=0)
         self.adc_offset = (total + ((1 << (k - 1)) if k else 0)) >> k
-        self.out.append(pk.pack_calib(self.adc_offset, self.index, k)[0])
+        self.out.append(pk.pack_calib(self.adc_offset, self.index, k))
 
     def mvm(self, x: np.ndarray) -> np.ndarray:
         """Run a batch of int8 vectors [N, rows] through windows + LDPU -> int8 [N, cols]."""
         n, rows = x.shape
-        mag = np.abs(x.astype(np.int64))
+        # int16 durations: |-128| fits, and the analog model takes any integer dtype (an int64
+        # copy of the batch, with its page faults, is what this path would spend its time on)
+        mag = np.abs(x, dtype=np.int16)
+        bias = self.bias
         if ReadMode(self.regs["CONFIG", "read_mode"]) is ReadMode.ONE_PHASE:
             select = np.full(n, DeviceSelect.DIFFERENTIAL.value)
-            counts = self._counts(mag, x < 0, select)
-            raw = counts - self.adc_offset
+            raw = self._counts(mag, x < 0, select)
+            # raw = counts - offset enters the LDPU as (counts - offset) gain + bias; taken as
+            # counts gain + (bias - offset gain), exact in int64, it costs no pass over the batch
+            bias = bias - self.adc_offset * self.gain
         else:
             # windows of vector v are operations 4v .. 4v+3, in FOUR_PHASE_WINDOWS order
             durations = np.stack([np.where(np.sign(x) == sign, mag, 0)
@@ -273,8 +287,8 @@ class TwinTile:
             signs = np.array([s for _, _, s in FOUR_PHASE_WINDOWS])
             raw = (counts.reshape(n, 4, -1) * signs[None, :, None]).sum(axis=1)
         r = self.regs
-        return ldpu(raw, self.gain, self.bias, r["LDPU_SHIFT", "shift"],
-                    Activation(r["CONFIG", "activation"]) is Activation.RELU)
+        return ldpu(raw, self.gain, bias, r["LDPU_SHIFT", "shift"],
+                    Activation(r["CONFIG", "activation"]) is Activation.RELU, overwrite=True)
 
     def _drain_activations(self) -> None:
         run = self.running
@@ -291,7 +305,7 @@ class TwinTile:
         y = self.mvm(x)
         r = self.regs
         seq = r["MVM_COUNT", "count"] + np.arange(len(x))
-        self.out.extend(pk.pack_results(y, self.index, seq))
+        self.out.append(pk.pack_results(y, self.index, seq))
         r["MVM_COUNT", "count"] = (r["MVM_COUNT", "count"] + len(x)) & 0xFFFFFFFF
 
     # ---- input packets (numerics 8) ----------------------------------------------------------
@@ -344,7 +358,8 @@ class TwinTransport(Transport):
             raise ValueError(f"need {g.tiles} analog tiles, got {len(tiles)}")
         self.chip = RegisterState(self.map.chip)
         self.tiles = [TwinTile(g, t, a) for t, a in enumerate(tiles)]
-        self._out: deque[np.ndarray] = deque()
+        self._out: deque[np.ndarray] = deque()  # output packets in 2-D batches, as the tiles made them
+        self._queued = 0  # packets in self._out
 
     # ---- registers ---------------------------------------------------------------------------
 
@@ -424,17 +439,35 @@ class TwinTransport(Transport):
     def _collect(self) -> None:
         for tile in self.tiles:
             self._out.extend(tile.out)
+            self._queued += sum(len(batch) for batch in tile.out)
             tile.out.clear()
 
     def receive(self, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
-        if count > len(self._out):
+        return [packet for batch in self._take(count) for packet in batch]
+
+    def receive_batches(self, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
+        return self._take(count)
+
+    def _take(self, count: int) -> list[np.ndarray]:
+        """The next `count` packets as the queued batches themselves (the results of a batch of
+        MVMs stay one array), the last one split when `count` ends inside it."""
+        if count > self._queued:
             raise SimulationError(
-                f"asked for {count} output packets but the twin has produced {len(self._out)}; "
+                f"asked for {count} output packets but the twin has produced {self._queued}; "
                 f"the chip would never send the rest")
-        return [self._out.popleft() for _ in range(count)]
+        batches = []
+        while count > 0:
+            batch = self._out.popleft()
+            if len(batch) > count:  # the rest stays queued, first in line
+                self._out.appendleft(batch[count:])
+                batch = batch[:count]
+            batches.append(batch)
+            count -= len(batch)
+            self._queued -= len(batch)
+        return batches
 
     def pending(self) -> int:
-        return len(self._out)
+        return self._queued
 
     def poll(self, address: int, mask: int, value: int, timeout_s: float = 30.0) -> int:
         # The twin finishes every command at once: a register not there yet never will be.

@@ -65,6 +65,15 @@ class Transport(ABC):
     def receive(self, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
         """The next `count` packets from the output stream, each a 1-D uint32 array."""
 
+    def receive_batches(self, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
+        """The next `count` packets as 2-D uint32 arrays, one packet per row, rows in order.
+
+        A transport that holds a batch of packets as one array (the twin: the results of a batch
+        of MVMs) returns it whole instead of 1-D packets to be stacked again; this default makes
+        each packet of receive() a batch of one.
+        """
+        return [packet[None, :] for packet in self.receive(count, timeout_s)]
+
     @abstractmethod
     def pending(self) -> int:
         """Output packets received from the chip and not yet returned by receive()."""

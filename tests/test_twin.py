@@ -23,7 +23,7 @@ from pcmhil.interface import (
     ProgramMode,
     ReadMode,
 )
-from pcmhil.transport import BusError
+from pcmhil.transport import BusError, Transport
 
 
 def make(rows=8, cols=12, tiles=1, seed=0):
@@ -182,21 +182,84 @@ def test_irq_summary_follows_config():
     assert chip.read("IRQ_STATUS") == 0
 
 
+@pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("bad", ["type", "tile"])
-def test_a_result_packet_of_the_wrong_kind_or_tile_is_named(bad, monkeypatch):
+def test_a_result_packet_of_the_wrong_kind_or_tile_is_named(bad, batched, monkeypatch):
     chip, _ = make(rows=8, cols=12, tiles=2)
     x = np.arange(-8, 8).reshape(2, 8)
-    real_receive = chip.transport.receive
+    real_receive_batches = chip.transport.receive_batches
 
-    def receive(count, timeout_s=10.0):
-        packets = real_receive(count)
+    def receive_batches(count, timeout_s=10.0):
+        packets = np.concatenate(real_receive_batches(count))
         wrong = (PacketType.VERIFY_DATA, 0) if bad == "type" else (PacketType.RESULT, 1)
-        packets[1] = packets[1].copy()
-        packets[1][0] = pk.header_word(wrong[0], wrong[1])
-        return packets
+        packets[1, 0] = pk.header_word(wrong[0], wrong[1])
+        return [packets] if batched else [packet[None, :] for packet in packets]
 
-    monkeypatch.setattr(chip.transport, "receive", receive)
+    monkeypatch.setattr(chip.transport, "receive_batches", receive_batches)
     got = f"{PacketType.VERIFY_DATA.value:#04x} from tile 0" if bad == "type" else "0x81 from tile 1"
     expected = f"expected a RESULT packet from tile 0, got type {got}"
     with pytest.raises(SimulationError, match=expected):
         chip.mvm(0, x)
+
+
+class PacketAtATimeTwin(TwinTransport):
+    """The twin handing its output over as the co-simulation does: Transport's default
+    receive_batches, a batch of one per packet of receive()."""
+
+    receive_batches = Transport.receive_batches
+
+
+def test_whole_batches_and_packets_one_at_a_time_give_the_same_answers():
+    geometry = Geometry(16, 8, 2)
+    answers = []
+    for transport in (TwinTransport, PacketAtATimeTwin):
+        chip = Chip(transport(geometry, [FakeAnalogTile(geometry, 5 + t) for t in range(2)]), geometry)
+        x = np.random.default_rng(4).integers(-128, 128, size=(30, 16))
+        got = [chip.calibrate(1, 2)]
+        for mode in (ReadMode.ONE_PHASE, ReadMode.FOUR_PHASE):
+            chip.configure(1, read_mode=mode, activation=Activation.RELU, window=200, shift=5)
+            got += [chip.mvm(1, x), chip.mvm(1, x[3]), *chip.verify_row(1, 7)]
+        answers.append((got, chip.counters(1)))
+    (batched, batched_counters), (one_by_one, one_by_one_counters) = answers
+    assert batched_counters == one_by_one_counters
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_receive_takes_queued_packets_in_order_across_and_inside_batches():
+    """Output of three kinds from two tiles, left queued, comes out in the order it was made
+    whether taken one by one, by receive or by receive_batches (splitting a batch of results)."""
+
+    def queued() -> TwinTransport:
+        chip, _ = make(rows=8, cols=12, tiles=2)
+        x = np.arange(-48, 48).reshape(12, 8)
+        chip.command(0, Command.VERIFY_ROW, 2, wait=False)
+        chip.command(1, Command.MVM, 8, wait=False)  # fed in three sends of 5, 2 and 1 vectors
+        chip.transport.send(pk.pack_activations(x[:5], chip.geometry, 1))
+        chip.command(0, Command.CALIBRATE, 1, wait=False)
+        chip.transport.send(pk.pack_activations(x[5:7], chip.geometry, 1))
+        chip.transport.send(pk.pack_activations(x[7], chip.geometry, 1))
+        chip.command(0, Command.MVM, 4, wait=False)
+        chip.transport.send(pk.pack_activations(x[8:], chip.geometry, 0))
+        return chip.transport
+
+    reference = queued()
+    expected = [reference.receive(1)[0] for _ in range(reference.pending())]
+    kinds = [PacketType(int(pk.header_fields(int(p[0]))["type"])) for p in expected]
+    assert kinds == [PacketType.VERIFY_DATA] + [PacketType.RESULT] * 5 + [PacketType.CALIB_DATA] + \
+        [PacketType.RESULT] * 7
+    twin = queued()
+    got = twin.receive(3)
+    assert twin.pending() == 11
+    batches = twin.receive_batches(4)
+    assert [len(b) for b in batches] == [3, 1]  # the rest of the batch of five, the CALIB_DATA packet
+    got += [packet for batch in batches for packet in batch]
+    batches = twin.receive_batches(4)
+    assert [len(b) for b in batches] == [2, 1, 1]
+    got += [packet for batch in batches for packet in batch] + twin.receive(3)
+    assert twin.pending() == 0
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    with pytest.raises(SimulationError, match="asked for 1 output packets but the twin has produced 0"):
+        twin.receive_batches(1)
