@@ -55,8 +55,9 @@ _FEWER_BANDS_BELOW = 0.001
 #: scan; ~270 pairs of 64 windows the same either way; both are O(rows) per pair, so the
 #: break-even hardly depends on the rows).
 _SCAN_MIN_PAIRS = 512
-#: `_prefix_scan` takes this many sorted positions per step (as a (positions, pairs) block).
-_SCAN_BLOCK = 32
+#: `_prefix_scan` takes this many sorted positions per step (as a (positions, pairs) block); in
+#: the two threads of a large batch, twice as many (see cco._TAIL_CHUNK_WINDOWS).
+_SCAN_BLOCK = {False: 32, True: 64}
 #: A drive is dense when at least this fraction of (window, row) durations is nonzero (1-phase
 #: windows of signed inputs): its band test bounds U_0 by reach, one matmul fewer (`_band_test`).
 _DENSE_FRACTION = 0.95
@@ -227,11 +228,13 @@ def _window_chunks(windows: int, elements_per_window: int, elements: int = _CHUN
 
 
 def currents_may_leave(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_window_cycles: int,
-                       lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       lower: np.ndarray, upper: np.ndarray, coarse: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """(window, column) index arrays of the pairs whose current I_c[j] may leave [lower_j,
     upper_j] (int64 (cols,)) in some cycle; every other pair is proven inside. Conservative:
-    a pair listed in vain costs only time. See `CurrentBounds.may_leave`."""
-    return w.bounds(lower, upper).may_leave(d, s, n_window_cycles)
+    a pair listed in vain costs only time. See `CurrentBounds.may_leave` (`coarse`: in one of
+    two threads, `_SCAN_BLOCK`)."""
+    return w.bounds(lower, upper).may_leave(d, s, n_window_cycles, coarse)
 
 
 class CurrentBounds:
@@ -258,7 +261,8 @@ class CurrentBounds:
         self.start_limit = {1: _float32_below(upper[cols] * shrink),
                             -1: _float32_below(-lower[cols] * shrink)}
 
-    def may_leave(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int) -> tuple[np.ndarray, np.ndarray]:
+    def may_leave(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, coarse: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """(window, column) of the pairs of the drive (d, s) (B, rows) that may leave the limits.
 
         Cheapest test first: the columns whose limits contain [-reach_j, reach_j] are inside for
@@ -285,7 +289,8 @@ class CurrentBounds:
         column = failed.column if self.all_cols else self.cols[failed.column]
         if len(failed.window) < _SCAN_MIN_PAIRS:
             return failed.window, column
-        inside = _prefix_scan(w, d, s, failed.window, column, self.lower, self.upper, failed.start)
+        inside = _prefix_scan(w, d, s, failed.window, column, self.lower, self.upper, failed.start,
+                              _SCAN_BLOCK[coarse])
         return failed.window[~inside], column[~inside]
 
     def _adapt_bands(self, windows: int, failed_pairs: int) -> None:
@@ -503,7 +508,8 @@ def _band_tables(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarr
 
 def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: np.ndarray,
                  column: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                 start: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                 start: tuple[np.ndarray, np.ndarray] | None = None, block: int = _SCAN_BLOCK[False]
+                 ) -> np.ndarray:
     """(pairs,) bool: True where the current of the pair is proven within the limits in every
     cycle (start None) or in every cycle before the first in which `start`'s rows are left (see
     below), by exact integer arithmetic.
@@ -540,9 +546,9 @@ def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: n
         going = np.searchsorted(-depth[order], -np.arange(depth.max(initial=0)))  # depth > step
         current = start[0][order].astype(terms.dtype)  # exact integers (`exact32`)
     highest, lowest = current.copy(), current.copy()
-    for k in range(0, len(going), _SCAN_BLOCK):  # a block of positions at once: fewer numpy calls
+    for k in range(0, len(going), block):  # a block of positions at once: fewer numpy calls
         m = going[k]  # the first m pairs still go (the others' later sums are currents, too)
-        index = np.add(by_position[k:k + _SCAN_BLOCK, pair_window[:m]], at_column[:m])
+        index = np.add(by_position[k:k + block, pair_window[:m]], at_column[:m])
         sums = np.take(terms, index, mode="clip")  # "clip": np.take's unbuffered path (valid indices)
         for row in range(1, len(sums)):  # 5x faster than np.cumsum along this axis
             np.add(sums[row], sums[row - 1], out=sums[row])
