@@ -104,7 +104,9 @@ class AnalogTile:
         start = time.perf_counter()
         durations = np.asarray(durations)
         select = np.asarray(select).reshape(-1)
-        polarity = np.where(np.asarray(negative, dtype=bool), np.int8(-1), np.int8(1))
+        # 1 - 2 negative: +1 / -1 as int8 (np.where with scalars has no vector loop: ~50x slower)
+        twice = np.multiply(np.asarray(negative, dtype=bool), 2, dtype=np.int8)
+        polarity = np.subtract(1, twice, out=twice)
         ops = self._next_windows(len(durations))
         cco = self.crossbar.cco
         codes = select[:1] if len(select) < 2 or (select == select[0]).all() else np.unique(select)  # 10 us
