@@ -199,11 +199,12 @@ class CcoTransfer:
         counts = self.cumulative_pulses(low)
         high = np.take(highest, bins, mode="clip")
         high += advance
-        open_ = np.nonzero(counts != self.cumulative_pulses(high))
-        if len(open_[0]):
-            phase = self._phase_of(normal_of_bits(bits[open_]))
-            phase += advance[open_]
-            counts[open_] = self.cumulative_pulses(phase)
+        open_ = counts != self.cumulative_pulses(high)
+        if open_.any():
+            open_ = np.flatnonzero(open_)  # flat: np.nonzero of a 2-D array is ~10x slower
+            phase = self._phase_of(normal_of_bits(bits.ravel()[open_]))
+            phase += advance.ravel()[open_]
+            counts.ravel()[open_] = self.cumulative_pulses(phase)
         return counts
 
     @cached_property

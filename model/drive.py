@@ -281,7 +281,7 @@ class CurrentBounds:
         sign = _terms_sign(w, d, s)
         if sign:
             failed = ~self._sign_definite_test(d, s, sign)
-            window, column = np.nonzero(failed) if failed.any() else _NO_PAIRS
+            window, column = np.divmod(np.flatnonzero(failed), failed.shape[1]) if failed.any() else _NO_PAIRS
             return window, self.cols[column]
         dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
         failed = self._band_test(d, s, n_window_cycles, dense)
@@ -400,7 +400,7 @@ class CurrentBounds:
             np.abs(y, out=y)
             y += t
             worst = y.max(axis=0)
-            window, column = np.nonzero(worst > self.half)
+            window, column = np.divmod(np.flatnonzero(worst > self.half), cols)  # 2-D np.nonzero: ~10x slower
             start = _scan_start(a, y, left[bands:], first, window, column, self.half) if with_start else None
             parts.append(_FailedPairs(window + chunk.start, column, start))
         return _FailedPairs.joined(parts)
