@@ -6,6 +6,12 @@ MVM/s on a batch (end to end through the driver: Chip.mvm on int8 inputs), and a
 float matmul of that batch, with their ratios and where the wall time goes (cosim: Verilator
 clocking, bus/DMA Python, the analog model, the host link; twin: the analog model vs. the
 twin's digital side and the driver).
+
+Weights: uniform in [-1, 1] at full scale (every figure, like `pcmhil mvm`). For the twin, whose
+cost depends on the weights, also DNN-like ones: N(0, 1) clipped at +-3, at full scale (as
+`pcmhil bench model`). Uniform full-range weights and inputs bring the column currents near
+the CCOs' saturation in many cycles: the clipping proof (model/drive.py) then needs more
+matmuls and exact scans than for DNN-like weights, whose currents stay further inside.
 """
 
 from __future__ import annotations
@@ -20,11 +26,17 @@ from pcmhil.host.random_mvm import GAIN, SHIFT
 from pcmhil.interface import WINDOW_RESET, Geometry
 from pcmhil.model.analog_tile import AnalogSpec
 
+#: The bench's weight distributions (module doc), as values in [-1, 1] (full scale = 1).
+WEIGHTS = {
+    "uniform": lambda rng, shape: rng.uniform(-1, 1, shape),
+    "clipped-normal": lambda rng, shape: np.clip(rng.standard_normal(shape), -3, 3) / 3,
+}
+
 
 def _programmed_chip(backend: str, geometry: Geometry, seed: int, preset: str, mode: str = "transaction",
-                     progress=None) -> Chip:
+                     progress=None, weights: str = "uniform") -> Chip:
     rng = np.random.default_rng(seed)
-    w = rng.uniform(-1, 1, (geometry.rows, geometry.cols))
+    w = WEIGHTS[weights](rng, (geometry.rows, geometry.cols))
     transport = open_transport(backend, geometry, AnalogSpec(kwargs={"preset": preset, "seed": seed}),
                                mode=mode, progress=progress)
     chip = Chip(transport, geometry)
@@ -63,11 +75,11 @@ def _cosim(geometry: Geometry, mode: str, count: int, seed: int, preset: str, pr
 
 
 def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str = "hermes-2dev",
-               repeats: int = 5) -> dict:
+               repeats: int = 5, weights: str = "uniform") -> dict:
     """The twin's MVM/s on a batch of int8 vectors through Chip.mvm, and a numpy float64 matmul
     of the same batch: medians of `repeats` runs each, the twin's first (the matmul's BLAS
     threads may go on spinning after a call and slow a single-threaded run that follows)."""
-    twin = _programmed_chip("twin", geometry, seed, preset)
+    twin = _programmed_chip("twin", geometry, seed, preset, weights=weights)
     analog = twin.transport.tiles[0].analog
     x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, geometry.rows)).astype(np.int8)
     twin.mvm(0, x[:10])  # warm up (cached conductance matrices)
@@ -95,11 +107,13 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
     geometry = Geometry(rows, cols, 1)
     say(f"twin: batches of {batch} MVMs and float matmuls")
     twin = bench_twin(geometry, batch, seed, preset)
+    twin_dnn = bench_twin(geometry, batch, seed, preset, weights="clipped-normal")
     say(f"cosim transaction mode: {count} MVMs")
     transaction = _cosim(geometry, "transaction", count, seed, preset, say)
     say(f"cosim cycle mode: {cycle_count} MVMs")
     cycle = _cosim(geometry, "cycle", cycle_count, seed, preset, say)
     twin_rate, float_rate = twin["mvm_per_s"], twin["float_matmul_mvm_per_s"]
+    rounded = lambda seconds: {k: round(v, 4) for k, v in seconds.items()}  # noqa: E731
     return {
         "rows": rows, "cols": cols, "preset": preset,
         "cosim_transaction_mvm_per_s": round(transaction["mvm_per_s"], 1),
@@ -107,14 +121,15 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
         "ceiling_mvm_per_s": round(transaction["ceiling_mvm_per_s"], 1),
         "cycles_per_mvm": round(transaction["cycles_per_mvm"], 1),
         "twin_mvm_per_s": round(twin_rate, 1), "float_matmul_mvm_per_s": round(float_rate, 1),
+        "twin_clipped_normal_weights_mvm_per_s": round(twin_dnn["mvm_per_s"], 1),
         "ratios": {
             "transaction_vs_ceiling": round(transaction["mvm_per_s"] / transaction["ceiling_mvm_per_s"], 4),
             "cycle_vs_transaction": round(cycle["mvm_per_s"] / transaction["mvm_per_s"], 4),
             "twin_vs_transaction": round(twin_rate / transaction["mvm_per_s"], 1),
             "float_vs_twin": round(float_rate / twin_rate, 2),
         },
-        "breakdown_s": {"transaction": {k: round(v, 4) for k, v in transaction["breakdown_s"].items()},
-                        "cycle": {k: round(v, 4) for k, v in cycle["breakdown_s"].items()},
-                        "twin": {k: round(v, 4) for k, v in twin["breakdown_s"].items()}},
+        "breakdown_s": {"transaction": rounded(transaction["breakdown_s"]),
+                        "cycle": rounded(cycle["breakdown_s"]), "twin": rounded(twin["breakdown_s"]),
+                        "twin_clipped_normal_weights": rounded(twin_dnn["breakdown_s"])},
         "counts": {"transaction": count, "cycle": cycle_count, "twin_batch": batch},
     }

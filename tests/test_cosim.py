@@ -71,6 +71,31 @@ def test_mvm_codes_identical_on_every_backend_and_mode():
     assert len(set(hashes.values())) == 1, hashes
 
 
+def test_bench_cosim_reports_every_figure_side_by_side():
+    """`pcmhil bench cosim` at a small geometry (the 32x16 chip of the test above): every rate
+    measured and positive, the ratios those of the rates it prints, a 1-phase MVM at least one
+    128-cycle window, the ceiling (no model, no bus) faster than the cosim, and every part of
+    the breakdown there."""
+    from pcmhil.host.bench import bench_cosim
+
+    r = bench_cosim(rows=32, cols=16, count=8, cycle_count=2, batch=64)
+    rates = ("cosim_transaction_mvm_per_s", "cosim_cycle_mvm_per_s", "ceiling_mvm_per_s", "twin_mvm_per_s",
+             "float_matmul_mvm_per_s", "twin_clipped_normal_weights_mvm_per_s")
+    assert all(r[key] > 0 for key in rates), r
+    ratios = r["ratios"]
+    assert ratios["cycle_vs_transaction"] == pytest.approx(
+        r["cosim_cycle_mvm_per_s"] / r["cosim_transaction_mvm_per_s"], rel=0.01)
+    assert ratios["float_vs_twin"] == pytest.approx(r["float_matmul_mvm_per_s"] / r["twin_mvm_per_s"],
+                                                    rel=0.01)
+    assert r["cycles_per_mvm"] >= PWM_MAX_CYCLES
+    assert r["ceiling_mvm_per_s"] > r["cosim_transaction_mvm_per_s"]
+    for mode in ("transaction", "cycle"):
+        parts = r["breakdown_s"][mode]
+        assert set(parts) == {"verilator", "model", "bus_and_dma_python", "transport"}
+        assert min(parts.values()) >= 0 and parts["model"] > 0
+    assert set(r["breakdown_s"]["twin"]) == {"analog_model", "twin_and_driver"}
+
+
 @pytest.mark.parametrize("settle_s", [0.0, 0.5], ids=["at-once", "after-settling"])
 def test_killed_simulation_is_reported_within_ten_seconds(settle_s):
     # at-once: the next request races the kernel tearing the process down (the send may still
