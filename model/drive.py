@@ -15,8 +15,9 @@ from the geometry (rows x longest duration x largest |W|). The current bounds on
 conservative: they are float32 matmuls (twice as fast) tested against limits shrunk by a proven
 rounding margin, and an exact integer scan of the few (window, column) pairs they leave open
 (`currents_may_leave`). The same argument makes a float32 matmul exact where every partial sum
-is an integer below 2**24 (|W| sums, reach, below 2**24): the scan then starts from the cycle-0
-current the bounds' matmul computed, and covers only the cycles the bounds did not prove.
+is an integer below 2**24 (the band test's sums of up to two copies of each term: 2 reach below
+2**24): the scan then starts from the cycle-0 current those sums give exactly, and covers only
+the cycles the bounds did not prove.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ _SCAN_MIN_PAIRS = 512
 #: the two threads of a large batch, twice as many (see cco._TAIL_CHUNK_WINDOWS).
 _SCAN_BLOCK = {False: 32, True: 64}
 #: A drive is dense when at least this fraction of (window, row) durations is nonzero (1-phase
-#: windows of signed inputs): its band test bounds U_0 by reach, one matmul fewer (`_band_test`).
+#: windows of signed inputs): its band test bounds T_0 by reach - sum of the other T_g, one
+#: matmul row fewer (`_band_test`).
 _DENSE_FRACTION = 0.95
 #: Elements of a matmul's left operand (windows x rows, times bands for the current bounds) per
 #: chunk of windows: bounds the memory of a batch (~2 MB per float32 array).
@@ -309,10 +311,12 @@ class CurrentBounds:
         if seen[0] < _ADAPT_WINDOWS:
             return
         failing = seen[1] / (seen[0] * len(self.cols))
-        if failing > _MORE_BANDS_ABOVE and self.bands < _MAX_BANDS:
-            self.bands += 1
-        elif failing < _FEWER_BANDS_BELOW and self.bands > 2:
-            self.bands -= 1
+        # one assignment each: the two threads of a large batch share these bounds, and an
+        # interleaved `+= 1` could step past the range (the count never changes a result)
+        if failing > _MORE_BANDS_ABOVE:
+            self.bands = min(self.bands + 1, _MAX_BANDS)
+        elif failing < _FEWER_BANDS_BELOW:
+            self.bands = max(self.bands - 1, 2)
         seen[:] = [0, 0]
 
     def _sign_definite_test(self, d: np.ndarray, s: np.ndarray, sign: int) -> np.ndarray:
@@ -351,7 +355,7 @@ class CurrentBounds:
         |A_g - M| + T_g <= H for every g, with M = upper + lower and H = upper - lower (the
         limits clamped to [-reach, reach], which changes no outcome: |I_c| <= reach). Both A_g
         and T_g are one matmul each, from a left operand looked up per signed duration d s
-        (`_band_operands`): A_g's row holds s ([d > e_g] + [d > e_g+1]), T_g's the group
+        (`_band_tables`): A_g's row holds s ([d > e_g] + [d > e_g+1]), T_g's the group
         indicator. A dense drive (nearly all rows conduct at cycle 0) takes reach - sum of the
         other T_g for T_0, an upper bound (the |W| sum at cycle 0 is at most reach): one matmul
         row fewer.
@@ -363,8 +367,8 @@ class CurrentBounds:
         R u / (1 - R u) <= 1.004 R u for rows <= 2**16): A_g is within (2.01 R + 2) u a, T_g
         within (1.01 R + 1) u T_g, and the dense T_0 (a sum of at most 8 of them subtracted from
         reach in float32) within (1.01 R + 11) u a. The three float32 steps (A_g - M, abs,
-        + T_g) act on values below 3 (a + 1) and 4 (a + 1) and add at most 7 u (a + 1), M's
-        rounding u (a + 1): (3.02 R + 21) u (a + 1) in all. `_band_limits` shrinks H by
+        + T_g) act on values below 4 (a + 1) and 5 (a + 1) and add at most 9 u (a + 1), M's
+        rounding 2 u (a + 1): (3.02 R + 24) u (a + 1) in all. `_band_limits` shrinks H by
         (8 R + 32) u (a + 1) and rounds it down to float32: a pair that passes in float32 passes
         in exact arithmetic.
 

@@ -8,7 +8,7 @@ order (DESIGN.md, "Noise draws are keyed"). Two mechanisms:
   (0, *indices): the draws of different index tuples are 2**64 draws or more apart, i.e.
   disjoint. For device-level draws (programming noise, nu, 1/f, faults, pulses, CCO mismatch).
 - `KeyedRng.normal(stream, ops, lanes)`: one N(0, 1) value per (operation, lane) from a
-  splitmix64 hash -> uniform in (0, 1) -> scipy.special.ndtri. Each value depends on its own
+  splitmix64 hash -> uniform in (0, 1] -> scipy.special.ndtri. Each value depends on its own
   (op, lane) only, and ndtri is a scalar C routine, so a window drawn alone and the same window
   inside a batch get bit-identical values. For the per-window CCO output noise.
 
@@ -119,7 +119,8 @@ def normal_of_bits(bits: np.ndarray) -> np.ndarray:
 
 
 def uniform_of_bits(bits: np.ndarray) -> np.ndarray:
-    """((bits >> 11) + 0.5) 2**-53, in (0, 1), float64 (a new array; bits unchanged): monotone
+    """((bits >> 11) + 0.5) 2**-53, in (0, 1], float64 (a new array; bits unchanged; the 2**11
+    largest hashes round to 1.0, whose ndtri, +inf, caps phi_0 at its maximum): monotone
     in bits (each step rounds monotonically)."""
     uniform = np.right_shift(bits, np.uint64(11)).astype(np.float64)
     uniform += 0.5

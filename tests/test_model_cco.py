@@ -87,6 +87,29 @@ def test_cycle_mode_equals_window_mode_single_and_batched():
     assert all(count > 0 for count in seen.values()), seen
 
 
+def test_idle_windows_of_a_cco_without_offset_count_as_in_cycle_mode():
+    """A CCO without zero-current offset (a preset may set offset_pulses_per_cycle = 0) has a
+    current limit at 0, so idle windows (no row conducting, e.g. CALIBRATE) fail the band test
+    and reach the exact sums with nothing to sort: their counts are those of cycle mode, alone,
+    in a batch and mixed with driven windows."""
+    base = get_preset("hermes-2dev")
+    cco = dataclasses.replace(base.cco, offset_pulses_per_cycle=0.0)
+    bar = Crossbar(CrossbarConfig(preset=dataclasses.replace(base, cco=cco), rows=16, cols=8, seed=2))
+    bar.program_weights(np.random.default_rng(2).uniform(-1, 1, (16, 8)), op_index=0)
+    n = 40
+    durations = np.zeros((5, 16), dtype=np.int64)
+    durations[3] = np.arange(16) % (n + 1)
+    polarity = np.where(np.arange(16) % 2, -1, 1) * np.ones((5, 1), dtype=np.int64)
+    ops = np.arange(100, 105)
+    assert (bar.cco.transfer.current_limits[0] == 0).any()
+    for windows in (slice(0, 1), slice(0, 3), slice(0, 5)):
+        batched = bar.cco.window_counts_batch(durations[windows], polarity[windows], "differential", n,
+                                              ops[windows])
+        for b, counts in zip(range(5)[windows], batched, strict=True):
+            pulses, _ = step_window(bar, durations[b], polarity[b], "differential", n, int(ops[b]))
+            assert np.array_equal(pulses.sum(axis=0), counts), (windows, b)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 def test_cumulative_pulses_are_monotone_and_at_most_fmax_per_cycle(beta):
     """Nl in float64 stays monotone and never lets a full-rate cycle emit a 4th pulse, also
