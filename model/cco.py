@@ -81,6 +81,9 @@ _TAIL_CHUNK_WINDOWS = {False: 64, True: 256}
 #: `CcoTransfer.counts_after` brackets phi_0 by the top this many bits of its hash (two tables of
 #: 4,096 float64, in the CPU cache).
 _NOISE_BIN_BITS = 12
+#: ... for chunks of at least this many windows: for fewer, the bracket's extra numpy calls cost
+#: more than ndtri on their few values (one window at 256 columns: ~65 us with, ~50 us without).
+_BRACKET_MIN_WINDOWS = 8
 #: `_driven_rows` restricts the matrix to the driven rows for batches of at least this many
 #: windows.
 _RESTRICT_MIN_WINDOWS = 64
@@ -187,7 +190,7 @@ class CcoTransfer:
         the counts at both ends of the bracket agree, that is the count. Only the rest (about
         sigma_out times a bin's width in z, ~0.1 % of them at sigma_out = 0.1) take ndtri,
         whose scalar loop costs 25 elementwise passes' worth (`initial_phase`)."""
-        if self.output_noise_pulses == 0:
+        if self.output_noise_pulses == 0 or len(op_indices) < _BRACKET_MIN_WINDOWS:
             phase = self.initial_phase(rng, op_indices)
             phase += advance
             return self.cumulative_pulses(phase)

@@ -389,10 +389,8 @@ class CurrentBounds:
             windows = len(index)
             index += n_window_cycles  # row of the tables: signed duration + n
             left = np.empty((2 * bands - first, windows, rows), dtype=np.float32)
-            for g in range(bands):
-                np.take(table_a[g], index, out=left[g], mode="clip")
-            for g in range(first, bands):
-                np.take(table_t[g], index, out=left[bands + g - first], mode="clip")
+            np.take(table_a, index, axis=1, out=left[:bands], mode="clip")  # every band in one call
+            np.take(table_t[first:], index, axis=1, out=left[bands:], mode="clip")
             flat = left.reshape(len(left) * windows, rows)
             a = (flat[:bands * windows] @ self.w32).reshape(bands, windows, cols)
             t = np.empty_like(a)

@@ -141,6 +141,8 @@ def test_counts_from_the_noise_brackets_equal_the_counts_from_phi0(beta, sigma):
                     pulses - phi0, pulses - phi0 - 1, pulses - phi0 + 1, edge - phi0 + near):
         expected = t.cumulative_pulses(phi0 + advance)
         assert np.array_equal(t.counts_after(rng, ops, advance), expected)
+        few = cco._BRACKET_MIN_WINDOWS - 1  # a few windows take phi_0 itself
+        assert np.array_equal(t.counts_after(rng, ops[:few], advance[:few]), expected[:few])
     if sigma:
         bins = np.right_shift(rng.bits(Stream.CCO_OUTPUT, ops, 256), np.uint64(64 - cco._NOISE_BIN_BITS))
         assert bins.min() < 8 and bins.max() >= 2**cco._NOISE_BIN_BITS - 8  # the wide bins of the tails ran
