@@ -61,6 +61,7 @@ from .drive import (
     rows_by_duration,
     signed_terms,
     single_threaded_blas,
+    terms_sign,
 )
 from .keyed_rng import KeyedRng, Stream, normal_of_bits
 from .presets import CcoPreset
@@ -235,6 +236,46 @@ class CcoTransfer:
         return (np.where(unbounded, int64.min, -(self.offset // gain)),
                 np.where(unbounded, int64.max, (self.fmax - self.offset) // gain))
 
+    def monotone_clipping(self, w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: np.ndarray,
+                          column: np.ndarray, sign: int) -> np.ndarray:
+        """n offset + gain Q - sum_c dphi_c (float64, exact integers) for the pairs (window,
+        column) of a drive whose terms s_i W[i, j] all have the sign `sign` (4-phase windows).
+
+        Rows only switch off, so sign * I_c falls monotonically from its cycle-0 value C to 0,
+        and the cycles that clip (I_c > upper for sign +1, I_c < lower for -1; never the other
+        limit: 0 is inside) are a first run [0, c*). With the conducting rows by decreasing
+        duration, those cycles are the segments with the most rows: a walk from C backwards,
+        removing the rows of the shortest durations first, stops at the first segment inside.
+        Over the clipped cycles the contract's rate is fmax (sign +1) or 0 (sign -1) instead of
+        offset + gain I_c, so the difference to the unclipped sum is c* (offset - fmax) + gain A
+        (+1) or c* offset + gain A (-1), A = sum_{c < c*} I_c. Integers throughout (int64); the
+        cost is the clipped rows per pair, not all rows (`exact_advance`)."""
+        windows, pair_window = np.unique(window, return_inverse=True)
+        dw, sw = d[windows], s[windows]
+        signed, d_sorted = rows_by_duration(dw, sw)
+        # C: exact (|C| <= reach < 2**53, check_exact), one float64 matmul row per window
+        current = (np.multiply(dw > 0, sw, dtype=np.float64) @ w.w)[pair_window, column].astype(np.int64)
+        lower, upper = self.current_limits  # sign * I > limit: outside (-lower: the int64 range's end)
+        limit = (upper if sign > 0 else -np.maximum(lower, -np.iinfo(np.int64).max))[column]
+        ends = np.zeros((len(d_sorted), d_sorted.shape[1] + 1), dtype=np.int64)
+        ends[:, :-1] = d_sorted  # ends[p + 1] = 0 after the last row
+        terms, stride = w.terms, 2 * w.rows + 1
+        pair = np.arange(len(window))
+        area = np.zeros(len(window), dtype=np.int64)  # sum of I_c over the clipped cycles
+        clipped_until = np.zeros(len(window), dtype=np.int64)  # c*
+        for p in range(signed.shape[1] - 1, -1, -1):  # segment p: rows 0..p, cycles [ends p+1, ends p)
+            going = sign * current > limit[pair]
+            if not going.all():
+                pair, current = pair[going], current[going]
+                if not len(pair):
+                    break
+            k = pair_window[pair]
+            area[pair] += current * (ends[k, p] - ends[k, p + 1])
+            clipped_until[pair] = ends[k, p]
+            current = current - terms[signed[k, p] + column[pair] * stride]
+        rate = self.offset[column] - (self.fmax if sign > 0 else 0)
+        return (clipped_until * rate + self.gain[column] * area).astype(np.float64)
+
     def exact_advance(self, w_int: np.ndarray, d: np.ndarray, s: np.ndarray, n_window_cycles: int,
                       window: np.ndarray, column: np.ndarray, terms: np.ndarray | None = None) -> np.ndarray:
         """sum_c dphi_c for the (window, column) pairs given, cycle-exact with saturation
@@ -359,7 +400,11 @@ class CCO:
         advance *= t.gain
         advance += n * t.offset
         if len(window):
-            advance[window, column] = t.exact_advance(w.w_int, d, s, n, window, column, w.terms)
+            sign = terms_sign(w, d, s)
+            if sign:  # currents monotone in the window: only the clipped start is summed
+                advance[window, column] -= t.monotone_clipping(w, d, s, window, column, sign)
+            else:
+                advance[window, column] = t.exact_advance(w.w_int, d, s, n, window, column, w.terms)
         counts = np.empty(advance.shape, dtype=np.int64)
         step = _TAIL_CHUNK_WINDOWS[coarse]
         for b in range(0, len(advance), step):

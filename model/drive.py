@@ -280,7 +280,7 @@ class CurrentBounds:
         check_exact(w, n_window_cycles)
         if not len(self.cols) or not len(d):
             return _NO_PAIRS
-        sign = _terms_sign(w, d, s)
+        sign = terms_sign(w, d, s)
         if sign:
             failed = ~self._sign_definite_test(d, s, sign)
             window, column = np.divmod(np.flatnonzero(failed), failed.shape[1]) if failed.any() else _NO_PAIRS
@@ -450,7 +450,7 @@ class _FailedPairs:
 _NO_PAIRS = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
 
 
-def _terms_sign(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> int:
+def terms_sign(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> int:
     """+1 or -1 if all terms s_i W[i, j] of the conducting rows have that sign (or are 0): W has
     one sign and the conducting rows one polarity; else 0."""
     if w.sign == 0:

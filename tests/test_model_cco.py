@@ -110,6 +110,44 @@ def test_idle_windows_of_a_cco_without_offset_count_as_in_cycle_mode():
             assert np.array_equal(pulses.sum(axis=0), counts), (windows, b)
 
 
+@pytest.mark.parametrize("polarity", [1, -1])
+def test_clipping_of_monotone_currents_counts_as_in_cycle_mode(polarity, monkeypatch):
+    """Windows whose terms share one sign (4-phase; here one device select and one polarity)
+    with currents far past the CCO's limit at the start: the walk over only the clipped cycles
+    (`CcoTransfer.monotone_clipping`, upper limit for +1, lower for -1) gives the counts of cycle
+    mode, in a batch and alone, for pairs that clip for part of the window, all of it, or not."""
+    base = get_preset("hermes-2dev")
+    cco = dataclasses.replace(base.cco, nonlinearity_beta=0.3, output_noise_pulses=0.4)
+    rows, cols, n = 24, 6, 50
+    bar = Crossbar(CrossbarConfig(preset=dataclasses.replace(base, cco=cco), rows=rows, cols=cols, seed=4,
+                                  i_full_scale_us=base.g_max_us * 2))
+    rng = np.random.default_rng(4)
+    bar.program_weights(rng.uniform(-1, 1, (rows, cols)), op_index=0)
+    durations = rng.integers(0, n + 1, (12, rows))
+    durations[0], durations[1] = n, 0
+    durations[2, :rows // 2] = 0
+    s = np.full((12, rows), polarity)
+    walked = []
+    walk = CcoTransfer.monotone_clipping
+    monkeypatch.setattr(CcoTransfer, "monotone_clipping",
+                        lambda self, *a: walked.append(len(a[3])) or walk(self, *a))
+    ops = np.arange(7, 19)
+    batched = bar.cco.window_counts_batch(durations, s, "plus", n, ops)
+    saw = {"all": 0, "part": 0, "none": 0}
+    lower, upper = bar.cco.transfer.current_limits
+    for b in range(len(durations)):
+        pulses, _ = step_window(bar, durations[b], s[b], "plus", n, int(ops[b]))
+        assert np.array_equal(pulses.sum(axis=0), batched[b]), b
+        assert np.array_equal(bar.cco.window_counts(durations[b], s[b], "plus", n, int(ops[b])), batched[b])
+        currents = np.array([bar.column_currents(np.where(durations[b] > c, s[b], 0), "plus")
+                             for c in range(n)])
+        outside = (currents > upper) | (currents < lower)
+        saw["all"] += int((outside.all(axis=0) & (durations[b].max() == n)).sum())
+        saw["part"] += int((outside.any(axis=0) & ~outside.all(axis=0)).sum())
+        saw["none"] += int((~outside.any(axis=0)).sum())
+    assert sum(walked) > 0 and all(saw.values()), (walked, saw)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 def test_cumulative_pulses_are_monotone_and_at_most_fmax_per_cycle(beta):
     """Nl in float64 stays monotone and never lets a full-rate cycle emit a 4th pulse, also
