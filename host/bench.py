@@ -113,7 +113,6 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
     say(f"cosim cycle mode: {cycle_count} MVMs")
     cycle = _cosim(geometry, "cycle", cycle_count, seed, preset, say)
     twin_rate, float_rate = twin["mvm_per_s"], twin["float_matmul_mvm_per_s"]
-    rounded = lambda seconds: {k: round(v, 4) for k, v in seconds.items()}  # noqa: E731
     return {
         "rows": rows, "cols": cols, "preset": preset,
         "cosim_transaction_mvm_per_s": round(transaction["mvm_per_s"], 1),
@@ -128,8 +127,12 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
             "twin_vs_transaction": round(twin_rate / transaction["mvm_per_s"], 1),
             "float_vs_twin": round(float_rate / twin_rate, 2),
         },
-        "breakdown_s": {"transaction": rounded(transaction["breakdown_s"]),
-                        "cycle": rounded(cycle["breakdown_s"]), "twin": rounded(twin["breakdown_s"]),
-                        "twin_clipped_normal_weights": rounded(twin_dnn["breakdown_s"])},
+        "breakdown_s": {"transaction": _rounded(transaction["breakdown_s"]),
+                        "cycle": _rounded(cycle["breakdown_s"]), "twin": _rounded(twin["breakdown_s"]),
+                        "twin_clipped_normal_weights": _rounded(twin_dnn["breakdown_s"])},
         "counts": {"transaction": count, "cycle": cycle_count, "twin_batch": batch},
     }
+
+
+def _rounded(seconds: dict) -> dict:
+    return {key: round(value, 4) for key, value in seconds.items()}

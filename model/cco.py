@@ -294,8 +294,7 @@ class CcoTransfer:
         conducting = d_sorted.shape[1]
         lengths = d_sorted.copy()
         lengths[:, :-1] -= d_sorted[:, 1:]  # d_(p) - d_(p+1), the last row's down to 0
-        # cycles after the longest duration (all of them where no row conducts)
-        idle = n_window_cycles - (d_sorted[:, 0] if conducting else np.zeros(len(d_sorted), dtype=np.int64))
+        idle = n_window_cycles - d_sorted.max(axis=1, initial=0)  # cycles after the longest duration
         stride = 2 * w_int.shape[0] + 1
         total = np.empty(len(window), dtype=np.int64)
         step = max(1, _EXACT_CHUNK_ELEMENTS // max(conducting, 1))

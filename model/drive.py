@@ -66,8 +66,8 @@ _DENSE_FRACTION = 0.95
 #: Elements of a matmul's left operand (windows x rows, times bands for the current bounds) per
 #: chunk of windows: bounds the memory of a batch (~2 MB per float32 array).
 _CHUNK_ELEMENTS = 2**19
-#: ... for the band test, whose ~15 elementwise passes then work on arrays that stay in the
-#: CPU cache (5 bands x 100 windows x 256 columns x 4 bytes = 512 kB each).
+#: ... for the band test, whose elementwise passes then work on arrays that stay in the CPU
+#: cache (5 bands x 100 windows x 256 columns x 4 bytes = 512 kB each).
 _BAND_CHUNK_ELEMENTS = 2**17
 #: Shape of the band edges (`_band_edges`): 1 gives equal bands.
 _BAND_EDGE_POWER = 0.75
