@@ -78,9 +78,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_mvm(args: argparse.Namespace) -> int:
     from pcmhil.host.random_mvm import random_mvm
+    from pcmhil.interface import ReadMode
 
     result = random_mvm(args.backend, mode=args.mode, rows=args.rows, cols=args.cols,
                         count=args.count, seed=args.seed, preset=args.preset,
+                        read_mode=ReadMode[args.read_mode.upper().replace("-", "_")],
                         waves=args.waves or False, progress=None if args.json else _progress)
     _emit(result, args.json)
     return 0
@@ -231,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     mvm.add_argument("--count", type=int, default=100)
     mvm.add_argument("--seed", type=int, default=1)
     mvm.add_argument("--preset", default="pcm")
+    mvm.add_argument("--read-mode", choices=("one-phase", "four-phase"), default="one-phase",
+                     help="one signed window per MVM, or HERMES's four unipolar windows")
     mvm.add_argument("--waves", nargs="?", const="waves", default=None, metavar="DIR",
                      help="cosim: write an FST waveform into DIR (default ./waves)")
     mvm.add_argument("--json", action="store_true")

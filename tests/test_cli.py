@@ -45,6 +45,21 @@ def test_mvm_twin_json(capsys):
     assert other["codes_sha256"] != result["codes_sha256"]
 
 
+def test_mvm_read_mode_four_phase(capsys):
+    """--read-mode four-phase runs four windows per MVM: other codes than one-phase, the same
+    codes again for the same seed; an unknown read mode is refused with the choices."""
+    argv = ("mvm", "--backend", "twin", "--rows", "16", "--cols", "8", "--count", "5", "--json")
+    one = run_json(capsys, *argv)
+    four = run_json(capsys, *argv, "--read-mode", "four-phase")
+    assert four["codes_sha256"] != one["codes_sha256"]
+    assert run_json(capsys, *argv, "--read-mode", "four-phase")["codes_sha256"] == four["codes_sha256"]
+    assert run_json(capsys, *argv, "--read-mode", "one-phase")["codes_sha256"] == one["codes_sha256"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mvm", "--read-mode", "2-phase"])
+    assert exit_info.value.code == 2
+    assert "argument --read-mode: invalid choice: '2-phase' (choose from" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["mvm", "--rows", "6"], "rows must be an integer multiple of 4"),
     (["mvm", "--count", "0"], "count must be an integer >= 1"),
