@@ -149,8 +149,14 @@ class CcoTransfer:
 
     def cumulative_pulses(self, phase: np.ndarray) -> np.ndarray:
         """E = max(0, floor(Nl(max(phase, 0)) / 2**32)), int64, for int64 phases or float64 ones
-        holding exact integers (the same float64 u either way). In place, with the same IEEE
-        operations as S0 * (C - K * v * v), v = knee - min(u, knee)."""
+        holding exact integers (the same float64 u either way): `_pulses_real` truncated (it is
+        >= 0: floor = truncation)."""
+        return self._pulses_real(phase).astype(np.int64)
+
+    def _pulses_real(self, phase: np.ndarray) -> np.ndarray:
+        """S0 Nl(max(phase, 0)) / 2**32 as float64 (>= 0), with the same IEEE operations as
+        S0 * (C - K * v * v), v = knee - min(u, knee); in place where phase is float64 (else a
+        new array)."""
         u = np.maximum(phase, 0, dtype=np.float64)
         scale = 1.0 / PHASE_PER_PULSE
         if self.knee > 0:
@@ -161,7 +167,7 @@ class CcoTransfer:
             u = np.subtract(k * (self.knee * self.knee), kv2, out=u)
             scale *= _SLOPE_MARGIN  # (x S0) 2**-32 in one product: scaling by 2**-32 is exact
         u *= scale
-        return u.astype(np.int64)  # u >= 0 (C >= K v v, rounding is monotone): floor = truncation
+        return u  # C >= K v v and rounding is monotone: u >= 0
 
     def initial_phase(self, rng: KeyedRng, op_indices: np.ndarray) -> np.ndarray:
         """phi_0 (len(op_indices), cols) as float64 holding integers: half a pulse plus keyed
@@ -196,14 +202,14 @@ class CcoTransfer:
             phase += advance
             return self.cumulative_pulses(phase)
         bits = rng.bits(Stream.CCO_OUTPUT, op_indices, len(self.gain))
-        lowest, highest = self._phase_brackets
+        lowest, reach = self._phase_brackets
         bins = np.right_shift(bits, np.uint64(64 - _NOISE_BIN_BITS)).view(np.int64)
         low = np.take(lowest, bins, mode="clip")
         low += advance
-        counts = self.cumulative_pulses(low)
-        high = np.take(highest, bins, mode="clip")
-        high += advance
-        open_ = counts != self.cumulative_pulses(high)
+        real = self._pulses_real(low)  # in place: low is gone
+        counts = real.astype(np.int64)
+        real += np.take(reach, bins, mode="clip")
+        open_ = real >= counts + 1  # the count at the bracket's high end may be higher
         if open_.any():
             open_ = np.flatnonzero(open_)  # flat: np.nonzero of a 2-D array is ~10x slower
             phase = self._phase_of(normal_of_bits(bits.ravel()[open_]))
@@ -213,17 +219,29 @@ class CcoTransfer:
 
     @cached_property
     def _phase_brackets(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lowest, highest) phi_0 float64 (2**_NOISE_BIN_BITS,) of the hashes of each bin of
-        their top bits. The uniform is monotone in the hash, so a bin's uniforms lie between
-        those of its first and last hash; ndtri is within 1e-15 of the (monotone) inverse
-        normal CDF relatively (cephes ndtri.c: peak relative error 7.2e-16), so widening its
-        values by 2**-40 (1 + |z|) brackets every z of the bin, and `_phase_of` is monotone."""
+        """(lowest, reach) float64 (2**_NOISE_BIN_BITS,) per bin of the hashes' top bits: the
+        lowest phi_0 of the bin's hashes, and how far above the pulses of lowest + advance
+        (`_pulses_real`) those of any phi_0 of the bin can be.
+
+        The uniform is monotone in the hash, so a bin's uniforms lie between those of its first
+        and last hash; ndtri is within 1e-15 of the (monotone) inverse normal CDF relatively
+        (cephes ndtri.c: peak relative error 7.2e-16), so widening its values by
+        2**-40 (1 + |z|) brackets every z of the bin, and `_phase_of` is monotone: phi_0 lies
+        in [lowest, highest]. Nl has slope <= 1 and S0 < 1, so the exact pulses grow by at most
+        (highest - lowest) 2**-32 over the bracket. Each float64 evaluation differs from the
+        exact value by at most ~5 knee 2**-53 phase units (C and K v v lie below knee; knee <=
+        2**61, presets.CcoPreset) plus a few units in the last place of the result (< 2**21
+        pulses: max_window_cycles), and adding reach to it rounds by no more: reach adds
+        2**-20 + knee 2**-80 pulse, more than twice all of these. So where
+        real(lowest + advance) + reach stays below the next integer, every phi_0 of the bin
+        gives the same count."""
         first = np.arange(2**_NOISE_BIN_BITS, dtype=np.uint64) << np.uint64(64 - _NOISE_BIN_BITS)
         last = first | np.uint64(2**(64 - _NOISE_BIN_BITS) - 1)
         low, high = normal_of_bits(first), normal_of_bits(last)
         low -= 2.0**-40 * (1 + np.abs(low))
         high += 2.0**-40 * (1 + np.abs(high))
-        return self._phase_of(low), self._phase_of(high)
+        lowest, highest = self._phase_of(low), self._phase_of(high)
+        return lowest, (highest - lowest) / PHASE_PER_PULSE + (2.0**-20 + self.knee * 2.0**-80)
 
     @cached_property
     def current_limits(self) -> tuple[np.ndarray, np.ndarray]:

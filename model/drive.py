@@ -252,8 +252,9 @@ class CurrentBounds:
         self.w32 = w.w32 if whole else np.ascontiguousarray(w.w32[:, cols])
         self.w_abs32 = w.w_abs32 if whole else np.ascontiguousarray(w.w_abs32[:, cols])
         self.reach32 = w.reach[cols].astype(np.float32)
+        self.ones32 = np.ones(w.rows, dtype=np.float32)  # row counts of the band groups
         self.mid, self.half = _band_limits(w, cols, lower, upper)
-        # every partial sum of the A_g matmul is an exact integer (module doc): C_0 exact
+        # every partial sum of the A_g matmul is an exact integer (module doc): the C_g exact
         self.exact32 = bool(2 * w.reach[cols].max(initial=0) < 2**24)
         self.bands = _band_count(w, cols, lower, upper) if len(cols) else 0
         self._seen = [0, 0]  # windows and failed pairs of the band test since bands last changed
@@ -373,10 +374,11 @@ class CurrentBounds:
         in exact arithmetic.
 
         Scan start. Each band's bound is a proof on its own: a failed pair's currents are inside
-        in every band after g*, its last failed band, and `_prefix_scan` need only cover the
-        cycles before e_g*+1. It starts from C_0 = sum_g (-1)**g A_g, exact when every partial
-        sum of the float32 matmul is an integer below 2**24 (2 reach < 2**24, `exact32`), and
-        removes the rows of the shortest durations first until the rows with d > e_g*+1 are left.
+        in every band it passed, and `_prefix_scan` need only cover the cycles of its failed
+        bands g_lo .. g_hi (`_scan_start`): from C_g_hi+1, the current of the rows with
+        d > e_g_hi+1, adding the rows of the next shorter durations until the rows with
+        d > e_g_lo conduct. C_bands = 0 and C_g = A_g - C_g+1 are exact when every partial sum
+        of the float32 matmul is an integer below 2**24 (2 reach < 2**24, `exact32`).
         """
         bands = self.bands
         table_a, table_t = _band_tables(bands, n_window_cycles)
@@ -403,35 +405,40 @@ class CurrentBounds:
             y += t
             worst = y.max(axis=0)
             window, column = np.divmod(np.flatnonzero(worst > self.half), cols)  # 2-D np.nonzero: ~10x slower
-            start = _scan_start(a, y, left[bands:], first, window, column, self.half) if with_start else None
+            start = None
+            if with_start:
+                above = np.zeros((bands + 1, windows), dtype=np.intp)  # rows with d > e_g
+                sizes = flat[bands * windows:] @ self.ones32  # the T_g groups' rows (exact)
+                above[first:bands] = np.cumsum(sizes.reshape(bands - first, windows)[::-1], axis=0)[::-1]
+                if first:  # dense: group 0 has no T row; every prefix of the rows is scanned
+                    above[0] = rows
+                start = _scan_start(a, y, above, window, column, self.half)
             parts.append(_FailedPairs(window + chunk.start, column, start))
         return _FailedPairs.joined(parts)
 
 
-def _scan_start(a: np.ndarray, y: np.ndarray, groups: np.ndarray, first: int, window: np.ndarray,
-                column: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(C_0, rows kept) of the failed pairs (window, column) for `_prefix_scan`, from
-    `_band_test`'s per-band values y (bands, B, cols) and A_g: C_0 = sum_g (-1)**g A_g (exact
-    integers, summed in float64), and the scan keeps the rows with d > e_g*+1, g* the pair's
-    last failed band (groups: the group indicators of the T_g rows, the first one missing when
-    dense)."""
+def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, window: np.ndarray, column: np.ndarray,
+                half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, first, last) of the failed pairs (window, column) for `_prefix_scan`, from
+    `_band_test`'s per-band values y (bands, B, cols), A_g (exact integers) and above
+    (bands + 1, B), the number of rows with d > e_g: the scan covers the cycles of the pair's
+    failed bands g_lo .. g_hi (and of any proven band between them), the prefixes of the rows
+    sorted by decreasing duration from first = above[g_hi + 1] rows, whose sum is the current
+    C_g_hi+1 (value: C_bands = 0, C_g = A_g - C_g+1, exact in float64), to last = above[g_lo]."""
     bands = len(a)
-    signs = np.where(np.arange(bands) % 2, -1.0, 1.0)
-    cycle0 = signs @ a[:, window, column].astype(np.float64)
-    if not len(window):
-        return cycle0, np.zeros(0, dtype=np.intp)
-    failed = y[:, window, column] > half[column]
-    after_last = bands - np.argmax(failed[::-1], axis=0)  # g* + 1
-    kept = np.zeros((bands + 1, groups.shape[1]), dtype=np.intp)  # rows with d > e_g; none > n
-    group_rows = groups[1 - first:].sum(axis=2, dtype=np.float32)  # groups 1 .. bands-1
-    kept[1:bands] = np.cumsum(group_rows[::-1], axis=0)[::-1]
-    return cycle0, kept[after_last, window]
+    failed = y[:, window, column] > half[column]  # (bands, pairs)
+    g_lo = np.argmax(failed, axis=0)
+    g_hi = bands - 1 - np.argmax(failed[::-1], axis=0)
+    currents = np.zeros((bands + 1, len(window)))  # C_g of the pairs, C_bands = 0
+    for g in range(bands - 1, -1, -1):
+        np.subtract(a[g, window, column], currents[g + 1], out=currents[g])
+    return currents[g_hi + 1, np.arange(len(window))], above[g_hi + 1, window], above[g_lo, window]
 
 
 @dataclass(frozen=True)
 class _FailedPairs:
-    """The (window, column) pairs a band test failed and, if it has them, their scan start
-    (C_0, rows kept) for `_prefix_scan`."""
+    """The (window, column) pairs a band test failed and, if it has them, their scan starts
+    (value, first, last) for `_prefix_scan`."""
 
     window: np.ndarray
     column: np.ndarray
@@ -510,11 +517,10 @@ def _band_tables(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarr
 
 def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: np.ndarray,
                  column: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                 start: tuple[np.ndarray, np.ndarray] | None = None, block: int = _SCAN_BLOCK[False]
-                 ) -> np.ndarray:
+                 start: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 block: int = _SCAN_BLOCK[False]) -> np.ndarray:
     """(pairs,) bool: True where the current of the pair is proven within the limits in every
-    cycle (start None) or in every cycle before the first in which `start`'s rows are left (see
-    below), by exact integer arithmetic.
+    cycle (start None) or in the cycles `start` gives (see below), by exact integer arithmetic.
 
     With a window's conducting rows sorted by decreasing duration (`rows_by_duration`), the
     rows conducting in cycle c are a prefix of that order, so every current I_c[j] is a prefix
@@ -525,41 +531,55 @@ def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: n
     durations are the current of no cycle: a pair they take outside is listed in vain.
     Integers throughout: int32 where every prefix sum, bounded by reach, fits, else int64.
 
-    start = (cycle0, kept) per pair: the scan runs backwards from the whole prefix, whose sum is
-    C_0 (cycle0, an exact integer), removing the rows of the shortest durations first until the
-    pair's `kept` rows are left: it tests the currents of the cycles before the shortest
-    duration among those (`CurrentBounds._band_test` proves the later ones). Pairs are taken in
-    order of decreasing depth, so each step works on the prefix of them still going.
+    start = (value, first, last) per pair: the prefix sums of first .. last rows, from value,
+    the sum of the first `first` rows (an exact integer); last may exceed the window's
+    conducting rows (the rest add 0); e.g. the bands a band test failed (`_scan_start`).
+    None: every prefix, from 0. Pairs are taken in order of decreasing length, so each step
+    works on the prefix of them still going.
     """
     windows, pair_window = np.unique(window, return_inverse=True)
     signed, _ = rows_by_duration(d[windows], s[windows], durations=False)
-    terms = w.scan_terms
-    at_column = column * (2 * w.rows + 1)
+    positions = signed.shape[1]
     if start is None:
-        by_position = np.ascontiguousarray(signed.T)
-        going = np.full(len(by_position), len(window))  # every pair at every position
-        current = np.zeros(len(window), terms.dtype)
-        order = None
+        value = np.zeros(len(window), dtype=w.scan_terms.dtype)
+        first = np.zeros(len(window), dtype=np.intp)
+        length = np.full(len(window), positions)
     else:
-        by_position = np.ascontiguousarray(signed[:, ::-1].T)  # shortest durations first
-        depth = signed.shape[1] - start[1]  # positions to remove (the padding of short windows, too)
-        order = np.argsort(-depth, kind="stable")
-        pair_window, at_column = pair_window[order], at_column[order]
-        going = np.searchsorted(-depth[order], -np.arange(depth.max(initial=0)))  # depth > step
-        current = start[0][order].astype(terms.dtype)  # exact integers (`exact32`)
+        value = start[0].astype(w.scan_terms.dtype)  # exact integers (`exact32`)
+        first = np.minimum(start[1], positions)
+        length = np.minimum(start[2], positions) - first
+    return _scan(w, signed, pair_window, column, value, first, length, lower, upper, block)
+
+
+def _scan(w: SelectedConductance, signed: np.ndarray, pair_window: np.ndarray, column: np.ndarray,
+          value: np.ndarray, first: np.ndarray, length: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+          block: int) -> np.ndarray:
+    """`_prefix_scan` of the pairs (window signed[pair_window], column) from prefix sums value
+    (the first `first` rows) over `length` more rows each."""
+    positions = signed.shape[1]
+    # `block` positions of padding (the term index of no row, whose term is 0): a pair's last
+    # block may run past its window's rows without reaching the next window's
+    padded = np.full((len(signed), positions + block), 2 * w.rows, dtype=signed.dtype)
+    padded[:, :positions] = signed
+    terms = w.scan_terms
+    order = np.argsort(-length, kind="stable")
+    at_row = pair_window[order] * (positions + block) + first[order]  # flat position of the next row
+    at_column = column[order] * (2 * w.rows + 1)
+    going = np.searchsorted(-length[order], -np.arange(length.max(initial=0)))  # length > step
+    current = value[order]
     highest, lowest = current.copy(), current.copy()
+    flat = padded.ravel()
     for k in range(0, len(going), block):  # a block of positions at once: fewer numpy calls
         m = going[k]  # the first m pairs still go (the others' later sums are currents, too)
-        index = np.add(by_position[k:k + block, pair_window[:m]], at_column[:m])
-        sums = np.take(terms, index, mode="clip")  # "clip": np.take's unbuffered path (valid indices)
+        index = np.take(flat, np.add.outer(np.arange(k, k + block, dtype=np.intp), at_row[:m]))
+        sums = np.take(terms, np.add(index, at_column[:m]), mode="clip")  # "clip": np.take's unbuffered path
         for row in range(1, len(sums)):  # 5x faster than np.cumsum along this axis
             np.add(sums[row], sums[row - 1], out=sums[row])
-        (np.add if start is None else np.subtract)(current[:m], sums, out=sums)
+        sums += current[:m]
         np.maximum(highest[:m], sums.max(axis=0), out=highest[:m])
         np.minimum(lowest[:m], sums.min(axis=0), out=lowest[:m])
         current[:m] = sums[-1]
-    if order is not None:
-        highest[order], lowest[order] = highest.copy(), lowest.copy()
+    highest[order], lowest[order] = highest.copy(), lowest.copy()
     return (highest <= upper[column]) & (lowest >= lower[column])
 
 

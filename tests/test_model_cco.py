@@ -225,29 +225,37 @@ def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, d
     assert not any(len(a) for a in currents_may_leave(w, d, s, n, -wide, wide))
 
 
-@pytest.mark.parametrize("start", ["forward", "backward"])
+@pytest.mark.parametrize("start", ["from 0", "split"])
 @pytest.mark.parametrize("w_max", [3000, 40_000, 2**36 + 12345])
 def test_prefix_scan_is_exact_when_every_prefix_of_rows_is_a_current(w_max, start):
     """With distinct durations in each window every prefix of the rows sorted by duration is
     the current of some cycle, so the exact scan (the last test of currents_may_leave) proves
     inside exactly the pairs whose current never leaves its limits (limits 1 LSB inside the
-    extremes, as above; int32 and int64 sums), scanning forward from 0 or backward from the
-    cycle-0 current C_0 with every row removed."""
+    extremes, as above; int32 and int64 sums): scanning every prefix from 0, or each pair's
+    prefixes in two scans split at a random length f (0 .. f rows from 0, then f .. all rows,
+    and some past them, from the exact sum of the first f, as the band test's scan starts do)."""
     rng = np.random.default_rng(5)
     rows, cols, n, batch = 24, 16, 40, 200
     w_int = rng.integers(-w_max, w_max, (rows, cols))
     d = np.stack([rng.permutation(np.arange(1, n + 1))[:rows] for _ in range(batch)])
     d[:, :3] = 0  # rows that never conduct
     s = rng.choice([-1, 1], d.shape)
-    currents = np.stack([((d > c) * s) @ w_int for c in range(n)])
+    currents = np.stack([((d > c) * s) @ w_int for c in range(n + 1)])  # cycle n: no row, 0
     upper = np.maximum(currents.max(axis=(0, 1)) - 1, 0)
     lower = np.minimum(currents.min(axis=(0, 1)) + 1, 0)
     leaves = (currents.max(axis=0) > upper) | (currents.min(axis=0) < lower)
     window, column = (a.ravel() for a in np.meshgrid(np.arange(batch), np.arange(cols), indexing="ij"))
-    scan_start = None
-    if start == "backward":
-        scan_start = ((((d > 0) * s) @ w_int)[window, column], np.zeros(len(window), dtype=np.intp))
-    inside = _prefix_scan(SelectedConductance.of(w_int), d, s, window, column, lower, upper, scan_start)
+    w = SelectedConductance.of(w_int)
+    if start == "from 0":
+        inside = _prefix_scan(w, d, s, window, column, lower, upper)
+    else:
+        conducting = rows - 3
+        f = rng.integers(0, conducting + 1, len(window))
+        cycle = np.sort(d, axis=1)[window, -np.maximum(f, 1)] - 1  # the last cycle the f longest conduct alone
+        value = currents[np.where(f > 0, cycle, n), window, column]
+        zero = np.zeros(len(window), dtype=np.intp)
+        inside = (_prefix_scan(w, d, s, window, column, lower, upper, (zero, zero, f))
+                  & _prefix_scan(w, d, s, window, column, lower, upper, (value, f, zero + rows + 5)))
     assert leaves.sum() >= cols and np.array_equal(inside, ~leaves.ravel())
 
 

@@ -31,9 +31,10 @@ def bench_tile(seed: int = 0, rows: int = 256, cols: int = 256):
 
 
 def test_a_batch_equals_its_windows_one_at_a_time():
-    """A batch large enough for every batch path (band test with scan starts, backward exact
-    scan, two threads) gives each window the counts it gets alone, in the same operation order;
-    also for mixed selects (4-phase windows) and for windows that leave rows undriven."""
+    """A batch large enough for every batch path (band test with scan starts, exact scan over
+    the failed bands, two threads) gives each window the counts it gets alone, in the same
+    operation order; also for mixed selects (4-phase windows) and for windows that leave rows
+    undriven."""
     x = np.random.default_rng(7).integers(-128, 128, (max(600, cco._PARALLEL_MIN_WINDOWS + 1), 256))
     x[:40, 200:] = 0
     drives = [(np.abs(x), x < 0, np.zeros(len(x), int)),
@@ -48,9 +49,9 @@ def test_a_batch_equals_its_windows_one_at_a_time():
 
 
 def test_scan_from_the_band_test_lists_every_pair_that_clips():
-    """The batch path's list of pairs that may clip (band test, then the exact scan backwards
-    from C_0 over the bands each pair failed) holds every pair whose current leaves its limits
-    in some cycle (brute force over all cycles), and few others."""
+    """The batch path's list of pairs that may clip (band test, then the exact scan over the
+    bands each pair failed, from the exact current at their end) holds every pair whose
+    current leaves its limits in some cycle (brute force over all cycles), and few others."""
     tile = bench_tile()
     w, transfer = tile.crossbar.selected("differential"), tile.crossbar.cco.transfer
     lower, upper = transfer.current_limits
@@ -64,7 +65,7 @@ def test_scan_from_the_band_test_lists_every_pair_that_clips():
         currents = np.stack([((d > c) * s).astype(float) @ w.w for c in range(128)])  # exact integers
     leaves = (currents.max(axis=0) > upper) | (currents.min(axis=0) < lower)
     failed_band_test = bounds._band_test(d, s, 128, dense=True)
-    assert len(failed_band_test.window) >= drive._SCAN_MIN_PAIRS  # the scan ran, from C_0
+    assert len(failed_band_test.window) >= drive._SCAN_MIN_PAIRS  # the scan ran, from the band starts
     assert failed_band_test.start is not None
     assert leaves.sum() >= 20 and not (leaves & ~listed).any()
     assert (listed & ~leaves).sum() <= leaves.sum()
