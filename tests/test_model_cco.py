@@ -251,7 +251,7 @@ def test_prefix_scan_is_exact_when_every_prefix_of_rows_is_a_current(w_max, star
     else:
         conducting = rows - 3
         f = rng.integers(0, conducting + 1, len(window))
-        cycle = np.sort(d, axis=1)[window, -np.maximum(f, 1)] - 1  # the last cycle the f longest conduct alone
+        cycle = np.sort(d, axis=1)[window, -np.maximum(f, 1)] - 1  # last cycle of the f longest alone
         value = currents[np.where(f > 0, cycle, n), window, column]
         zero = np.zeros(len(window), dtype=np.intp)
         inside = (_prefix_scan(w, d, s, window, column, lower, upper, (zero, zero, f))
