@@ -24,6 +24,7 @@ from pcmhil.host.backends import open_transport
 from pcmhil.host.chip import Chip
 from pcmhil.host.random_mvm import GAIN, SHIFT
 from pcmhil.interface import WINDOW_RESET, Geometry
+from pcmhil.model import window_worker
 from pcmhil.model.analog_tile import AnalogSpec
 
 #: The bench's weight distributions (module doc), as values in [-1, 1] (full scale = 1).
@@ -83,6 +84,7 @@ def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str
     analog = twin.transport.tiles[0].analog
     x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, geometry.rows)).astype(np.int8)
     twin.mvm(0, x[:10])  # warm up (cached conductance matrices)
+    window_worker.warm_up()  # the second process of large batches, if enabled (model/window_worker.py)
     runs = []
     for _ in range(repeats):
         model_before, start = analog.busy_s, time.perf_counter()

@@ -39,6 +39,7 @@ With beta = 0, Nl is the identity and no float rounding is involved at all.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -48,6 +49,7 @@ import numpy as np
 
 from pcmhil.errors import ConfigError
 
+from . import window_worker
 from .checks import check_array, check_int
 from .drive import (
     EXACT_FLOAT_LIMIT,
@@ -88,8 +90,11 @@ _BRACKET_MIN_WINDOWS = 8
 #: `_driven_rows` restricts the matrix to the driven rows for batches of at least this many
 #: windows.
 _RESTRICT_MIN_WINDOWS = 64
-#: Batches of at least this many windows run in two threads, half each (`CCO._counts`).
+#: Batches of at least this many windows run in two halves at once (`CCO._halves`).
 _PARALLEL_MIN_WINDOWS = 512
+#: ... the caller's half this fraction of the windows when the other half goes to the worker
+#: process, whose half also moves through pipes (~1 ms of ~14 at 256 x 256, measured).
+_CALLER_SHARE = 0.52
 
 
 class ConductanceSource(Protocol):
@@ -397,47 +402,66 @@ class CCO:
         w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
         with single_threaded_blas():
             if len(d) < _PARALLEL_MIN_WINDOWS:
-                return self._window_counts(w, d, s, n, ops, False)
-            # Every window's count depends on that window alone, so the halves run at once:
-            # numpy and BLAS release the GIL in their loops, and both threads' BLAS calls run
-            # single-threaded (the limit is process-wide).
-            half = len(d) // 2
-            second = _worker().submit(self._window_counts, w, d[half:], s[half:], n, ops[half:], True)
-            first = self._window_counts(w, d[:half], s[:half], n, ops[:half], True)
-            return np.concatenate([first, second.result()])
+                return window_counts(self.transfer, self._rng, w, d, s, n, ops)
+            return self._halves(w, d, s, n, ops)
 
-    def _window_counts(self, w: SelectedConductance, d: np.ndarray, s: np.ndarray, n: int,
-                       ops: np.ndarray, coarse: bool) -> np.ndarray:
-        """Counts of the windows (d, s); `coarse`: in one of two threads (fewer, larger numpy
-        calls: `_TAIL_CHUNK_WINDOWS`)."""
-        t = self.transfer
-        window, column = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse)
-        # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
-        advance = integrated_charge(w, d, s, dtype=np.float64)
-        advance *= t.gain
-        advance += n * t.offset
-        if len(window):
-            sign = terms_sign(w, d, s)
-            if sign:  # currents monotone in the window: only the clipped start is summed
-                advance[window, column] -= t.monotone_clipping(w, d, s, window, column, sign)
-            else:
-                advance[window, column] = t.exact_advance(w.w_int, d, s, n, window, column, w.terms)
-        counts = np.empty(advance.shape, dtype=np.int64)
-        step = _TAIL_CHUNK_WINDOWS[coarse]
-        for b in range(0, len(advance), step):
-            chunk = slice(b, b + step)
-            counts[chunk] = t.counts_after(self._rng, ops[chunk], advance[chunk])
-        return counts
+    def _halves(self, w: SelectedConductance, d: np.ndarray, s: np.ndarray, n: int, ops: np.ndarray
+                ) -> np.ndarray:
+        """The counts of a large batch in two halves at once (every window's count depends on
+        that window alone): the second half in the worker process (`window_worker`), or,
+        until it is ready or without it, in a second thread (numpy and BLAS release the GIL in
+        their loops; both threads' BLAS calls run single-threaded: the limit is process-wide)."""
+        t, rng = self.transfer, self._rng
+        worker = window_worker.shared()
+        half = int(len(d) * _CALLER_SHARE)
+        job = worker.start(t, rng, w, d[half:], s[half:], n, ops[half:]) if worker else None
+        if job is not None:
+            start = time.perf_counter()
+            try:
+                first = window_counts(t, rng, w, d[:half], s[:half], n, ops[:half])
+            finally:  # the answer is read even if this half raised: the pipe stays in step
+                second = job.result(time.perf_counter() - start)
+            if second is None:  # the worker failed (and is given up): this half here
+                second = window_counts(t, rng, w, d[half:], s[half:], n, ops[half:])
+            return np.concatenate([first, second])
+        half = len(d) // 2
+        second = _thread().submit(window_counts, t, rng, w, d[half:], s[half:], n, ops[half:], True)
+        first = window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], True)
+        return np.concatenate([first, second.result()])
+
+
+def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.ndarray, s: np.ndarray,
+                  n: int, ops: np.ndarray, coarse: bool = False) -> np.ndarray:
+    """Counts (B, cols) of the windows (d, s) of operations ops (checked, on the rows they
+    drive: `CCO._counts`); `coarse`: in one of two threads (fewer, larger numpy calls:
+    `_TAIL_CHUNK_WINDOWS`). Also what the worker process runs (`window_worker`)."""
+    window, column = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse)
+    # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
+    advance = integrated_charge(w, d, s, dtype=np.float64)
+    advance *= t.gain
+    advance += n * t.offset
+    if len(window):
+        sign = terms_sign(w, d, s)
+        if sign:  # currents monotone in the window: only the clipped start is summed
+            advance[window, column] -= t.monotone_clipping(w, d, s, window, column, sign)
+        else:
+            advance[window, column] = t.exact_advance(w.w_int, d, s, n, window, column, w.terms)
+    counts = np.empty(advance.shape, dtype=np.int64)
+    step = _TAIL_CHUNK_WINDOWS[coarse]
+    for b in range(0, len(advance), step):
+        chunk = slice(b, b + step)
+        counts[chunk] = t.counts_after(rng, ops[chunk], advance[chunk])
+    return counts
 
 
 @cache
-def _worker() -> ThreadPoolExecutor:
-    """The second thread of large batches (`CCO._counts`), started on first use (anew in a
+def _thread() -> ThreadPoolExecutor:
+    """The second thread of large batches (`CCO._halves`), started on first use (anew in a
     forked child, which has none of its parent's threads)."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcmhil-cco")
 
 
-os.register_at_fork(after_in_child=_worker.cache_clear)
+os.register_at_fork(after_in_child=_thread.cache_clear)
 
 
 def _driven_rows(w: SelectedConductance, d: np.ndarray, s: np.ndarray

@@ -1,0 +1,121 @@
+"""The worker process that runs half of a large batch's windows (model/window_worker.py): the
+counts are those of one thread whichever half runs where, and a worker that dies, hangs or
+cannot start costs time only, never a wrong or missing count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_model_perf_paths import bench_tile
+
+from pcmhil.model import cco, window_worker
+from pcmhil.model.cco import window_counts
+from pcmhil.model.drive import single_threaded_blas
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    """A fresh worker of this test's own, ready, as the process's shared one."""
+    monkeypatch.delenv("PCMHIL_WINDOW_WORKER", raising=False)
+    fresh = window_worker.WindowWorker()
+    monkeypatch.setattr(window_worker, "_shared", fresh)
+    assert fresh.ready(timeout_s=60), fresh.failure
+    yield fresh
+    fresh.close()
+
+
+def drives(rows: int, seed: int):
+    """Large batches of the twin's kinds: 1-phase (signed inputs, some rows idle in every
+    window: a restricted matrix), and 4-phase (one-sign windows of G+ and G-)."""
+    x = np.random.default_rng(seed).integers(-128, 128, (cco._PARALLEL_MIN_WINDOWS + 88, rows))
+    x[:, -40:] = 0
+    positive = np.where(x > 0, x, 0)
+    return [(np.abs(x), np.where(x < 0, -1, 1), "differential"),
+            (positive, np.ones_like(x), "plus"), (positive, np.ones_like(x), "minus")]
+
+
+def one_thread(tile, d, s, select, ops):
+    """The counts of the batch computed in this thread alone (no halves)."""
+    crossbar = tile.crossbar
+    w = crossbar.selected(select)
+    rows = np.flatnonzero(d.any(axis=0))
+    w, d, s = w.restricted(rows), d[:, rows], s[:, rows]
+    transfer = crossbar.cco.transfer
+    with single_threaded_blas():
+        return window_counts(transfer, crossbar.cco._rng, w, d.astype(np.int16), s.astype(np.int8), 128, ops)
+
+
+def test_batch_halves_in_the_worker_equal_one_thread(worker):
+    tile = bench_tile()
+    crossbar = tile.crossbar
+    for k, (d, s, select) in enumerate(drives(crossbar.rows, 1)):
+        ops = np.arange(len(d), dtype=np.uint64) + 1000 * k
+        got = crossbar.cco.window_counts_batch(d, s, select, 128, ops)
+        assert np.array_equal(got, one_thread(tile, d, s, select, ops)), select
+    assert worker.jobs == 3 and worker.failure is None
+    # a second tile (another matrix, transfer and noise key) through the same worker
+    other = bench_tile(seed=5)
+    d, s, select = drives(other.crossbar.rows, 2)[0]
+    ops = np.arange(len(d), dtype=np.uint64)
+    got = other.crossbar.cco.window_counts_batch(d, s, select, 128, ops)
+    assert np.array_equal(got, one_thread(other, d, s, select, ops))
+    assert worker.jobs == 4
+
+
+def test_more_matrices_than_the_worker_keeps(worker, monkeypatch):
+    """The caller sends a matrix again once the worker has dropped it (both drop the least
+    recently used alike)."""
+    monkeypatch.setattr(window_worker, "_KEPT_MATRICES", 2)  # the caller's copy; the worker keeps 8
+    tile = bench_tile()
+    d, s, _ = drives(tile.crossbar.rows, 3)[0]
+    for k in range(5):
+        rows = np.arange(tile.crossbar.rows - 60 + 10 * (k % 3))  # other restricted matrices
+        dk = np.where(np.isin(np.arange(d.shape[1]), rows), d, 0)
+        ops = np.arange(len(d), dtype=np.uint64) + 10_000 * k
+        got = tile.crossbar.cco.window_counts_batch(dk, s, "differential", 128, ops)
+        assert np.array_equal(got, one_thread(tile, dk, s, "differential", ops))
+    assert worker.jobs == 5 and worker.failure is None
+
+
+def test_a_dead_worker_costs_time_not_counts(worker):
+    tile = bench_tile()
+    d, s, select = drives(tile.crossbar.rows, 4)[0]
+    ops = np.arange(len(d), dtype=np.uint64)
+    worker._process.kill()
+    worker._process.wait()
+    got = tile.crossbar.cco.window_counts_batch(d, s, select, 128, ops)
+    assert np.array_equal(got, one_thread(tile, d, s, select, ops))
+    assert worker.failure is not None and worker.jobs == 0
+    assert window_worker.shared() is None  # later batches: two threads
+    got = tile.crossbar.cco.window_counts_batch(d, s, select, 128, ops + 7)
+    assert np.array_equal(got, one_thread(tile, d, s, select, ops + 7))
+
+
+def test_a_worker_that_does_not_answer_in_time_is_given_up(worker, monkeypatch):
+    monkeypatch.setattr(window_worker, "_TIMEOUT_MIN_S", 0.0)
+    monkeypatch.setattr(window_worker, "_TIMEOUT_FACTOR", 0.0)
+    tile = bench_tile()
+    d, s, select = drives(tile.crossbar.rows, 5)[0]
+    ops = np.arange(len(d), dtype=np.uint64)
+    got = tile.crossbar.cco.window_counts_batch(d, s, select, 128, ops)
+    assert np.array_equal(got, one_thread(tile, d, s, select, ops))
+    assert "TimeoutError" in worker.failure
+    worker._process.wait(timeout=10)  # killed
+
+
+def test_a_worker_error_is_answered_and_the_half_computed_here(worker, monkeypatch):
+    """A request the worker cannot serve (here: a matrix it was told it has, but has not)."""
+    tile = bench_tile()
+    d, s, select = drives(tile.crossbar.rows, 6)[0]
+    ops = np.arange(len(d), dtype=np.uint64)
+    driven = np.flatnonzero(d.any(axis=0))
+    token = window_worker.matrix_token(tile.crossbar.selected(select).restricted(driven))
+    worker._kept[token] = None  # the caller believes the worker holds it: sends no matrix
+    got = tile.crossbar.cco.window_counts_batch(d, s, select, 128, ops)
+    assert np.array_equal(got, one_thread(tile, d, s, select, ops))
+    assert "KeyError" in worker.failure
+
+
+def test_the_worker_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("PCMHIL_WINDOW_WORKER", "0")
+    assert window_worker.shared() is None and not window_worker.warm_up()
