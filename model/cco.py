@@ -412,7 +412,7 @@ class CCO:
         until it is ready or without it, in a second thread (numpy and BLAS release the GIL in
         their loops; both threads' BLAS calls run single-threaded: the limit is process-wide)."""
         t, rng = self.transfer, self._rng
-        worker = window_worker.shared()
+        worker = window_worker.for_large_batch()
         half = int(len(d) * _CALLER_SHARE)
         job = worker.start(t, rng, w, d[half:], s[half:], n, ops[half:]) if worker else None
         if job is not None:

@@ -8,8 +8,9 @@ machine the hand-overs cost most of the second core (1,000 windows at 256 x 256 
 benchmark's uniform weights: one thread 25.7 ms, two threads 19.6 ms, two processes 14.7 ms).
 
 How. The worker is `python -c` this module's `main` (a plain child process on pipes, not
-multiprocessing: nothing of the caller's __main__ is re-imported), started on the first large
-batch without waiting for it: batches run in two threads until it reports ready. A request holds
+multiprocessing: nothing of the caller's __main__ is re-imported), started on the second large
+batch of a process (`for_large_batch`) without waiting for it: batches run in two threads until
+it reports ready. A request holds
 the drive, the operation indices and what the counts depend on besides: the integer conductance
 matrix (sent once per `SelectedConductance`, the worker keeps the last few), the CCO transfer and
 the (seed, tile) of the keyed noise. The worker computes `window_counts`, the same function as
@@ -90,12 +91,13 @@ class WindowWorker:
                     self._ready = True
         return self._ready and not self.failure
 
-    def close(self) -> None:
-        """Stop the worker (it exits on end of input; killed if it does not within 2 s)."""
+    def close(self, wait_s: float = 2.0) -> None:
+        """Stop the worker: it exits on end of input (also while it still starts, at its first
+        read); killed if it has not within wait_s."""
         process = self._process
         try:
             process.stdin.close()
-            process.wait(timeout=2.0)
+            process.wait(timeout=wait_s)
         except Exception:  # noqa: BLE001 - closing is best effort
             process.kill()
             process.wait()
@@ -207,6 +209,18 @@ def shared(start: bool = True) -> WindowWorker | None:
         return _shared
 
 
+def for_large_batch() -> WindowWorker | None:
+    """The worker for a large batch: started from the second large batch of the process on
+    (`shared`), so that a program that runs one batch (e.g. `pcmhil mvm`) does not pay for a
+    process it will not use (~0.2 s of the other core while it starts)."""
+    global _large_batches
+    _large_batches += 1
+    return shared(start=_large_batches >= 2)
+
+
+_large_batches = 0
+
+
 def warm_up(timeout_s: float = 10.0) -> bool:
     """Start the worker now and wait until it is ready (a benchmark's warm-up: otherwise the
     first large batches run in threads while it starts); whether it is in use."""
@@ -229,7 +243,7 @@ def _forget_in_child() -> None:
 
 def _close_at_exit() -> None:
     if _shared is not None:
-        _shared.close()
+        _shared.close(wait_s=0.5)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

@@ -119,3 +119,17 @@ def test_a_worker_error_is_answered_and_the_half_computed_here(worker, monkeypat
 def test_the_worker_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("PCMHIL_WINDOW_WORKER", "0")
     assert window_worker.shared() is None and not window_worker.warm_up()
+
+
+def test_the_worker_starts_on_the_second_large_batch(monkeypatch):
+    """A program that runs one large batch never starts it (nor waits for it at exit)."""
+    monkeypatch.delenv("PCMHIL_WINDOW_WORKER", raising=False)
+    monkeypatch.setattr(window_worker, "_shared", None)
+    monkeypatch.setattr(window_worker, "_large_batches", 0)
+    assert window_worker.for_large_batch() is None and window_worker._shared is None
+    second = window_worker.for_large_batch()
+    try:
+        assert second is window_worker._shared and second is not None
+        assert window_worker.for_large_batch() is second
+    finally:
+        second.close()
