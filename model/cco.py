@@ -90,7 +90,11 @@ _BRACKET_MIN_WINDOWS = 8
 #: `_driven_rows` restricts the matrix to the driven rows for batches of at least this many
 #: windows.
 _RESTRICT_MIN_WINDOWS = 64
-#: Batches of at least this many windows run in two halves at once (`CCO._halves`).
+#: Batches of at least this many windows run in two halves at once (`CCO._halves`): in the
+#: worker process from _PROCESS_MIN_WINDOWS (its pipes cost ~0.1 ms + ~0.4 ms per 500 windows
+#: at 256 x 256, where one window costs 12-26 us), in two threads of this process from
+#: _PARALLEL_MIN_WINDOWS (each numpy call's GIL hand-over costs more).
+_PROCESS_MIN_WINDOWS = 128
 _PARALLEL_MIN_WINDOWS = 512
 #: ... the caller's half this fraction of the windows when the other half goes to the worker
 #: process, whose half also moves through pipes (~1 ms of ~14 at 256 x 256, measured).
@@ -401,7 +405,7 @@ class CCO:
         w, d, s = _driven_rows(w, d, s)
         w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
         with single_threaded_blas():
-            if len(d) < _PARALLEL_MIN_WINDOWS:
+            if len(d) < _PROCESS_MIN_WINDOWS:
                 return window_counts(self.transfer, self._rng, w, d, s, n, ops)
             return self._halves(w, d, s, n, ops)
 
@@ -409,8 +413,9 @@ class CCO:
                 ) -> np.ndarray:
         """The counts of a large batch in two halves at once (every window's count depends on
         that window alone): the second half in the worker process (`window_worker`), or,
-        until it is ready or without it, in a second thread (numpy and BLAS release the GIL in
-        their loops; both threads' BLAS calls run single-threaded: the limit is process-wide)."""
+        until it is ready or without it, in a second thread for _PARALLEL_MIN_WINDOWS windows
+        or more (numpy and BLAS release the GIL in their loops; both threads' BLAS calls run
+        single-threaded: the limit is process-wide), else all here."""
         t, rng = self.transfer, self._rng
         worker = window_worker.for_large_batch()
         half = int(len(d) * _CALLER_SHARE)
@@ -424,6 +429,8 @@ class CCO:
             if second is None:  # the worker failed (and is given up): this half here
                 second = window_counts(t, rng, w, d[half:], s[half:], n, ops[half:])
             return np.concatenate([first, second])
+        if len(d) < _PARALLEL_MIN_WINDOWS:
+            return window_counts(t, rng, w, d, s, n, ops)
         half = len(d) // 2
         second = _thread().submit(window_counts, t, rng, w, d[half:], s[half:], n, ops[half:], True)
         first = window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], True)

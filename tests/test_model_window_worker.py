@@ -4,6 +4,11 @@ cannot start costs time only, never a wrong or missing count."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from test_model_perf_paths import bench_tile
@@ -53,13 +58,21 @@ def test_batch_halves_in_the_worker_equal_one_thread(worker):
         got = crossbar.cco.window_counts_batch(d, s, select, 128, ops)
         assert np.array_equal(got, one_thread(tile, d, s, select, ops)), select
     assert worker.jobs == 3 and worker.failure is None
+    # a batch too small for two threads still has a half in the worker
+    d, s, select = drives(crossbar.rows, 7)[0]
+    d, s = d[:cco._PROCESS_MIN_WINDOWS + 5], s[:cco._PROCESS_MIN_WINDOWS + 5]
+    ops = np.arange(len(d), dtype=np.uint64) + 5000
+    assert len(d) < cco._PARALLEL_MIN_WINDOWS
+    got = crossbar.cco.window_counts_batch(d, s, select, 128, ops)
+    assert np.array_equal(got, one_thread(tile, d, s, select, ops))
+    assert worker.jobs == 4
     # a second tile (another matrix, transfer and noise key) through the same worker
     other = bench_tile(seed=5)
     d, s, select = drives(other.crossbar.rows, 2)[0]
     ops = np.arange(len(d), dtype=np.uint64)
     got = other.crossbar.cco.window_counts_batch(d, s, select, 128, ops)
     assert np.array_equal(got, one_thread(other, d, s, select, ops))
-    assert worker.jobs == 4
+    assert worker.jobs == 5
 
 
 def test_more_matrices_than_the_worker_keeps(worker, monkeypatch):
@@ -91,16 +104,30 @@ def test_a_dead_worker_costs_time_not_counts(worker):
     assert np.array_equal(got, one_thread(tile, d, s, select, ops + 7))
 
 
-def test_a_worker_that_does_not_answer_in_time_is_given_up(worker, monkeypatch):
-    monkeypatch.setattr(window_worker, "_TIMEOUT_MIN_S", 0.0)
+def test_a_worker_that_stops_answering_is_given_up_within_its_deadline(worker, monkeypatch):
+    """A worker that hangs (here: stopped) is killed at the deadline; the caller's counts come
+    out all the same."""
+    monkeypatch.setattr(window_worker, "_TIMEOUT_MIN_S", 1.0)
     monkeypatch.setattr(window_worker, "_TIMEOUT_FACTOR", 0.0)
     tile = bench_tile()
     d, s, select = drives(tile.crossbar.rows, 5)[0]
     ops = np.arange(len(d), dtype=np.uint64)
+    os.kill(worker._process.pid, signal.SIGSTOP)
+    start = time.monotonic()
     got = tile.crossbar.cco.window_counts_batch(d, s, select, 128, ops)
+    assert time.monotonic() - start < 10
     assert np.array_equal(got, one_thread(tile, d, s, select, ops))
-    assert "TimeoutError" in worker.failure
-    worker._process.wait(timeout=10)  # killed
+    assert "deadline" in worker.failure and worker._process.returncode is not None  # killed, reaped
+
+
+def test_a_worker_of_other_source_files_is_not_used(monkeypatch):
+    """The worker imports the model's source files anew: if they are not those the caller runs
+    (here: the caller's fingerprint changed), it is given up at its ready message."""
+    monkeypatch.delenv("PCMHIL_WINDOW_WORKER", raising=False)
+    monkeypatch.setattr(window_worker, "_FINGERPRINT", "not the files on disk")
+    fresh = window_worker.WindowWorker()
+    assert not fresh.ready(timeout_s=60)
+    assert "other source files" in fresh.failure
 
 
 def test_a_worker_error_is_answered_and_the_half_computed_here(worker, monkeypatch):
@@ -133,3 +160,38 @@ def test_the_worker_starts_on_the_second_large_batch(monkeypatch):
         assert window_worker.for_large_batch() is second
     finally:
         second.close()
+
+
+def test_a_forked_child_leaves_its_parents_worker_alone(worker):
+    """After os.fork the child does without the parent's worker (its pipe ends become
+    /dev/null) and computes its batches right; the parent's worker goes on serving."""
+    tile = bench_tile()
+    d, s, select = drives(tile.crossbar.rows, 8)[0]
+    ops = np.arange(len(d), dtype=np.uint64)
+    want = one_thread(tile, d, s, select, ops)
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if all held
+        code = 1
+        try:
+            alone = window_worker._shared is None
+            same = np.array_equal(tile.crossbar.cco.window_counts_batch(d, s, select, 128, ops), want)
+            code = 0 if alone and same and worker.jobs == 0 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert np.array_equal(tile.crossbar.cco.window_counts_batch(d, s, select, 128, ops), want)
+    assert worker.jobs == 1 and worker.failure is None
+
+
+def test_two_threads_waiting_for_a_starting_worker_both_return(monkeypatch):
+    """Only one thread reads the ready message; another asking meanwhile hears "not ready"
+    rather than blocking on the pipe (and so never takes half of a later answer)."""
+    monkeypatch.delenv("PCMHIL_WINDOW_WORKER", raising=False)
+    fresh = window_worker.WindowWorker()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = [f.result(timeout=60) for f in [pool.submit(fresh.ready, 30) for _ in range(2)]]
+        assert True in answers and fresh.failure is None and fresh.ready()
+    finally:
+        fresh.close()
