@@ -84,7 +84,7 @@ def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str
     analog = twin.transport.tiles[0].analog
     x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, geometry.rows)).astype(np.int8)
     twin.mvm(0, x[:10])  # warm up (cached conductance matrices)
-    window_worker.warm_up()  # the second process of large batches, if enabled (model/window_worker.py)
+    worker = window_worker.warm_up(batch)  # the second process of large batches (model/window_worker.py)
     runs = []
     for _ in range(repeats):
         model_before, start = analog.busy_s, time.perf_counter()
@@ -99,7 +99,7 @@ def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str
         xf @ wf
         matmul_runs.append(time.perf_counter() - start)
     matmul_s = float(np.median(matmul_runs))
-    return {"mvm_per_s": batch / twin_s, "float_matmul_mvm_per_s": batch / matmul_s,
+    return {"mvm_per_s": batch / twin_s, "float_matmul_mvm_per_s": batch / matmul_s, "window_worker": worker,
             "breakdown_s": {"analog_model": float(model_s), "twin_and_driver": float(twin_s - model_s)}}
 
 
@@ -123,6 +123,7 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
         "cycles_per_mvm": round(transaction["cycles_per_mvm"], 1),
         "twin_mvm_per_s": round(twin_rate, 1), "float_matmul_mvm_per_s": round(float_rate, 1),
         "twin_clipped_normal_weights_mvm_per_s": round(twin_dnn["mvm_per_s"], 1),
+        "twin_window_worker": twin["window_worker"],
         "ratios": {
             "transaction_vs_ceiling": round(transaction["mvm_per_s"] / transaction["ceiling_mvm_per_s"], 4),
             "cycle_vs_transaction": round(cycle["mvm_per_s"] / transaction["mvm_per_s"], 4),

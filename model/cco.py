@@ -91,10 +91,8 @@ _BRACKET_MIN_WINDOWS = 8
 #: windows.
 _RESTRICT_MIN_WINDOWS = 64
 #: Batches of at least this many windows run in two halves at once (`CCO._halves`): in the
-#: worker process from _PROCESS_MIN_WINDOWS (its pipes cost ~0.1 ms + ~0.4 ms per 500 windows
-#: at 256 x 256, where one window costs 12-26 us), in two threads of this process from
+#: worker process from window_worker.MIN_WINDOWS, in two threads of this process from
 #: _PARALLEL_MIN_WINDOWS (each numpy call's GIL hand-over costs more).
-_PROCESS_MIN_WINDOWS = 128
 _PARALLEL_MIN_WINDOWS = 512
 #: ... the caller's half this fraction of the windows when the other half goes to the worker
 #: process, whose half also moves through pipes (~1 ms of ~14 at 256 x 256, measured).
@@ -405,7 +403,7 @@ class CCO:
         w, d, s = _driven_rows(w, d, s)
         w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
         with single_threaded_blas():
-            if len(d) < _PROCESS_MIN_WINDOWS:
+            if len(d) < window_worker.MIN_WINDOWS:
                 return window_counts(self.transfer, self._rng, w, d, s, n, ops)
             return self._halves(w, d, s, n, ops)
 

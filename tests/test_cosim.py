@@ -94,6 +94,7 @@ def test_bench_cosim_reports_every_figure_side_by_side():
         assert set(parts) == {"verilator", "model", "bus_and_dma_python", "transport"}
         assert min(parts.values()) >= 0 and parts["model"] > 0
     assert set(r["breakdown_s"]["twin"]) == {"analog_model", "twin_and_driver"}
+    assert r["twin_window_worker"] is False  # batches of 64 windows have no part in the worker
 
 
 @pytest.mark.parametrize("settle_s", [0.0, 0.5], ids=["at-once", "after-settling"])

@@ -60,7 +60,7 @@ def test_batch_halves_in_the_worker_equal_one_thread(worker):
     assert worker.jobs == 3 and worker.failure is None
     # a batch too small for two threads still has a half in the worker
     d, s, select = drives(crossbar.rows, 7)[0]
-    d, s = d[:cco._PROCESS_MIN_WINDOWS + 5], s[:cco._PROCESS_MIN_WINDOWS + 5]
+    d, s = d[:window_worker.MIN_WINDOWS + 5], s[:window_worker.MIN_WINDOWS + 5]
     ops = np.arange(len(d), dtype=np.uint64) + 5000
     assert len(d) < cco._PARALLEL_MIN_WINDOWS
     got = crossbar.cco.window_counts_batch(d, s, select, 128, ops)
@@ -145,7 +145,7 @@ def test_a_worker_error_is_answered_and_the_half_computed_here(worker, monkeypat
 
 def test_the_worker_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("PCMHIL_WINDOW_WORKER", "0")
-    assert window_worker.shared() is None and not window_worker.warm_up()
+    assert window_worker.shared() is None and not window_worker.warm_up(1000)
 
 
 def test_the_worker_starts_on_the_second_large_batch(monkeypatch):
