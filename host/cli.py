@@ -10,6 +10,17 @@ from collections.abc import Sequence
 from pcmhil.errors import PcmhilError
 
 
+def _seed(text: str) -> int:
+    """argparse type of every --seed: an integer in [0, 2**64) (the keyed RNG's range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, 2**64), not {text!r}")
+    return value
+
+
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -192,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="copies of the weights in idle columns, averaged (else one copy per weight)")
     infer.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                        help="program-and-verify (else one-shot programming)")
-    infer.add_argument("--seed", type=int, default=0)
+    infer.add_argument("--seed", type=_seed, default=0)
     infer.add_argument("--json", action="store_true")
     infer.set_defaults(func=cmd_infer)
 
@@ -220,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "digits-cnn", "mnist1d-cnn"))
     train.add_argument("--hwa-noise", type=float, help="weight noise relative to max |w|")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--out", required=True, metavar="DIR")
     train.add_argument("--json", action="store_true")
     train.set_defaults(func=cmd_train)
@@ -231,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     mvm.add_argument("--rows", type=int, default=64)
     mvm.add_argument("--cols", type=int, default=64)
     mvm.add_argument("--count", type=int, default=100)
-    mvm.add_argument("--seed", type=int, default=1)
+    mvm.add_argument("--seed", type=_seed, default=1)
     mvm.add_argument("--preset", default="pcm")
     mvm.add_argument("--read-mode", choices=("one-phase", "four-phase"), default="one-phase",
                      help="one signed window per MVM, or HERMES's four unipolar windows")
@@ -244,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     char = device.add_parser("characterize", help="program and age N devices, measure statistics")
     char.add_argument("--preset", required=True)
     char.add_argument("--devices", type=int, default=65536)
-    char.add_argument("--seed", type=int, default=0)
+    char.add_argument("--seed", type=_seed, default=0)
     char.add_argument("--json", action="store_true")
     char.add_argument("--plot", metavar="FILE.png")
     char.set_defaults(func=cmd_characterize)
@@ -255,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     bmodel.add_argument("--rows", type=int, default=256)
     bmodel.add_argument("--cols", type=int, default=256)
     bmodel.add_argument("--batch", type=int, default=1000)
-    bmodel.add_argument("--seed", type=int, default=0)
+    bmodel.add_argument("--seed", type=_seed, default=0)
     bmodel.add_argument("--json", action="store_true")
     bmodel.set_defaults(func=cmd_bench_model)
 

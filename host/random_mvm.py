@@ -16,6 +16,7 @@ from pcmhil.host.backends import open_transport
 from pcmhil.host.chip import Chip
 from pcmhil.interface import WINDOW_RESET, Geometry, ReadMode
 from pcmhil.model.analog_tile import AnalogSpec
+from pcmhil.model.checks import UINT64_MAX, check_int
 
 #: LDPU scaling of the random run: raw * 16 >> 6 = raw / 4, enough to keep most codes in int8.
 GAIN, SHIFT = 16, 6
@@ -26,6 +27,7 @@ def random_mvm(backend: str, *, mode: str = "transaction", rows: int = 64, cols:
                read_mode: ReadMode = ReadMode.ONE_PHASE, progress=None, **transport_options) -> dict:
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"count must be an integer >= 1, not {count!r}")
+    seed = check_int("seed", seed, 0, UINT64_MAX)
     geometry = Geometry(rows, cols, 1)
     rng = np.random.default_rng(seed)
     w = rng.uniform(-1, 1, (rows, cols))

@@ -68,3 +68,18 @@ def test_mvm_read_mode_four_phase(capsys):
 def test_mvm_bad_arguments(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+SEEDED_COMMANDS = [["mvm"], ["infer", "--model", "digits-mlp"], ["device", "characterize", "--preset", "pcm"],
+                   ["bench", "model"], ["train", "--model", "digits-mlp", "--out", "x"]]
+
+
+@pytest.mark.parametrize("command", SEEDED_COMMANDS, ids=lambda argv: argv[0])
+@pytest.mark.parametrize("seed", ["-1", "2.5", str(2**64)])
+def test_every_seed_option_refuses_what_no_rng_takes(capsys, command, seed):
+    """A negative, fractional or too large --seed is one argparse error naming the range, on
+    every command that takes one (not a traceback from numpy's generator)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--seed", seed])
+    assert exit_info.value.code == 2
+    assert f"argument --seed: seed must be an integer in [0, 2**64), not '{seed}'" in capsys.readouterr().err
