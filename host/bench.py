@@ -26,6 +26,7 @@ from pcmhil.host.random_mvm import GAIN, SHIFT
 from pcmhil.interface import WINDOW_RESET, Geometry
 from pcmhil.model import window_worker
 from pcmhil.model.analog_tile import AnalogSpec
+from pcmhil.model.checks import check_int
 
 #: The bench's weight distributions (module doc), as values in [-1, 1] (full scale = 1).
 WEIGHTS = {
@@ -107,6 +108,8 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
                 batch: int = 1000, seed: int = 0, preset: str = "hermes-2dev", progress=None) -> dict:
     say = progress or (lambda _m: None)
     geometry = Geometry(rows, cols, 1)
+    count, cycle_count = check_int("count", count, 1, 10**7), check_int("cycle_count", cycle_count, 1, 10**7)
+    batch = check_int("batch", batch, 1, 10**7)
     say(f"twin: batches of {batch} MVMs and float matmuls")
     twin = bench_twin(geometry, batch, seed, preset)
     twin_dnn = bench_twin(geometry, batch, seed, preset, weights="clipped-normal")

@@ -206,9 +206,15 @@ class Chip:
         return pk.unpack_calib(self._receive(1, PacketType.CALIB_DATA, tile)[0])
 
     def mvm(self, tile: int, x: np.ndarray) -> np.ndarray:
-        """int8 inputs [N, rows] (or [rows]) -> int8 outputs [N, cols] (or [cols])."""
+        """int8 inputs [N, rows] (or [rows]) -> int8 outputs [N, cols] (or [cols]); N = 0 gives
+        an empty result without a command to the chip (whose MVM count must be >= 1)."""
         tile = self._tile(tile)
         x = np.asarray(x)
+        rows, cols = self.geometry.rows, self.geometry.cols
+        if x.ndim not in (1, 2) or x.shape[-1] != rows:
+            raise ConfigError(f"x must have shape ({rows},) or (N, {rows}), not {x.shape}")
+        if x.size == 0:
+            return np.zeros((0, cols), dtype=np.int8)
         single = x.ndim == 1
         packets = pk.pack_activations(np.atleast_2d(x), self.geometry, tile)
         self.command(tile, Command.MVM, len(packets), wait=False)

@@ -64,6 +64,8 @@ def test_mvm_read_mode_four_phase(capsys):
     (["mvm", "--rows", "6"], "rows must be an integer multiple of 4"),
     (["mvm", "--count", "0"], "count must be an integer >= 1"),
     (["mvm", "--preset", "bogus", "--rows", "8", "--cols", "8"], "preset must be one of"),
+    (["bench", "cosim", "--count", "0"], "count must be an integer within [1, 10000000], not 0"),
+    (["bench", "cosim", "--cycle-count", "-1"], "cycle_count must be an integer within [1, 10000000]"),
 ])
 def test_mvm_bad_arguments(capsys, argv, message):
     assert main(argv) == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fake_analog import FakeAnalogTile
 
-from pcmhil.errors import SimulationError
+from pcmhil.errors import ConfigError, SimulationError
 from pcmhil.host import packets as pk
 from pcmhil.host.chip import Chip, ChipError
 from pcmhil.host.twin import TwinTransport, ldpu
@@ -23,6 +23,7 @@ from pcmhil.interface import (
     ProgramMode,
     ReadMode,
 )
+from pcmhil.model.analog_tile import AnalogSpec
 from pcmhil.transport import BusError, Transport
 
 
@@ -263,3 +264,19 @@ def test_receive_takes_queued_packets_in_order_across_and_inside_batches():
         assert a.dtype == b.dtype and np.array_equal(a, b)
     with pytest.raises(SimulationError, match="asked for 1 output packets but the twin has produced 0"):
         twin.receive_batches(1)
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (2, 7), (1, 2, 8), ()])
+def test_mvm_input_shapes(shape):
+    """An empty batch gives an empty result (no MVM command: its count must be >= 1); any
+    other shape than (rows,) or (N, rows) is one clear error naming both."""
+    geometry = Geometry(8, 8, 1)
+    chip = Chip(TwinTransport(geometry, AnalogSpec(kwargs={"preset": "ideal", "seed": 0})), geometry)
+    x = np.zeros(shape, dtype=np.int8)
+    if shape == (0, 8):
+        y = chip.mvm(0, x)
+        assert y.shape == (0, 8) and y.dtype == np.int8
+        assert chip.mvm(0, np.ones(8, dtype=np.int8)).shape == (8,)  # and the chip still works
+    else:
+        with pytest.raises(ConfigError, match=r"x must have shape \(8,\) or \(N, 8\), not "):
+            chip.mvm(0, x)
