@@ -15,6 +15,8 @@ from pcmhil.errors import ConfigError, PcmhilError, SimulationError
 from pcmhil.host import packets as pk
 from pcmhil.interface import (
     CALIBRATE_MAX_LOG2,
+    LDPU_SHIFT_BITS,
+    WINDOW_BITS,
     Activation,
     Command,
     CommandWord,
@@ -111,7 +113,15 @@ class Chip:
     def configure(self, tile: int = 0, *, read_mode: ReadMode = ReadMode.ONE_PHASE,
                   activation: Activation = Activation.IDENTITY, window: int | None = None,
                   shift: int = 0, irq_done: bool = False, irq_error: bool = False) -> None:
+        """Write CONFIG, WINDOW (if given) and LDPU_SHIFT. A window shorter than PWM_MAX_CYCLES is
+        written (the chip then refuses MVMs with BAD_CONFIG); values the registers cannot hold
+        are refused here rather than cut to their field width."""
         tile = self._tile(tile)
+        if window is not None and not _integer_in(window, 2**WINDOW_BITS):
+            raise ConfigError(f"window must be an integer in [0, {2**WINDOW_BITS - 1}] cycles, "
+                              f"not {window!r}")
+        if not _integer_in(shift, 2**LDPU_SHIFT_BITS):
+            raise ConfigError(f"shift must be an integer in [0, {2**LDPU_SHIFT_BITS - 1}], not {shift!r}")
         reg = self.map.register("CONFIG", True)
         value = 0
         for name, v in (("read_mode", ReadMode(read_mode).value),
@@ -232,3 +242,8 @@ class Chip:
         if not np.isfinite(seconds) or seconds < 0:
             raise ConfigError(f"seconds must be a finite number >= 0, not {seconds!r}")
         self.transport.advance_time(float(seconds))
+
+
+def _integer_in(value, end: int) -> bool:
+    """Whether value is an integer (not a bool) in [0, end)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and 0 <= value < end

@@ -280,3 +280,18 @@ def test_mvm_input_shapes(shape):
     else:
         with pytest.raises(ConfigError, match=r"x must have shape \(8,\) or \(N, 8\), not "):
             chip.mvm(0, x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shift": 32}, r"shift must be an integer in \[0, 31\], not 32"),
+    ({"shift": -1}, r"shift must be an integer in \[0, 31\], not -1"),
+    ({"window": 4096}, r"window must be an integer in \[0, 4095\] cycles, not 4096"),
+    ({"window": 1.5}, r"window must be an integer in \[0, 4095\] cycles, not 1.5"),
+])
+def test_configure_refuses_what_the_registers_cannot_hold(kwargs, message):
+    """Rather than the register keeping the low bits (shift 40 would act as 8)."""
+    geometry = Geometry(8, 8, 1)
+    chip = Chip(TwinTransport(geometry, AnalogSpec(kwargs={"preset": "ideal", "seed": 0})), geometry)
+    with pytest.raises(ConfigError, match=message):
+        chip.configure(0, **kwargs)
+    chip.configure(0, window=100, shift=31)  # a short window is written: MVMs then fail BAD_CONFIG
