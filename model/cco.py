@@ -415,31 +415,35 @@ class CCO:
         or more (numpy and BLAS release the GIL in their loops; both threads' BLAS calls run
         single-threaded: the limit is process-wide), else all here."""
         t, rng = self.transfer, self._rng
+        counts = np.empty((len(d), w.cols), dtype=np.int64)
         worker = window_worker.for_large_batch()
         half = int(len(d) * _CALLER_SHARE)
         job = worker.start(t, rng, w, d[half:], s[half:], n, ops[half:]) if worker else None
         if job is not None:
             start = time.perf_counter()
             try:
-                first = window_counts(t, rng, w, d[:half], s[:half], n, ops[:half])
+                window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], out=counts[:half])
             finally:  # the answer is read even if this half raised: the pipe stays in step
-                second = job.result(time.perf_counter() - start)
-            if second is None:  # the worker failed (and is given up): this half here
-                second = window_counts(t, rng, w, d[half:], s[half:], n, ops[half:])
-            return np.concatenate([first, second])
+                answered = job.result(time.perf_counter() - start, out=counts[half:])
+            if not answered:  # the worker failed (and is given up): this half here
+                window_counts(t, rng, w, d[half:], s[half:], n, ops[half:], out=counts[half:])
+            return counts
         if len(d) < _PARALLEL_MIN_WINDOWS:
-            return window_counts(t, rng, w, d, s, n, ops)
+            return window_counts(t, rng, w, d, s, n, ops, out=counts)
         half = len(d) // 2
-        second = _thread().submit(window_counts, t, rng, w, d[half:], s[half:], n, ops[half:], True)
-        first = window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], True)
-        return np.concatenate([first, second.result()])
+        second = _thread().submit(window_counts, t, rng, w, d[half:], s[half:], n, ops[half:], True,
+                                  out=counts[half:])
+        window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], True, out=counts[:half])
+        second.result()
+        return counts
 
 
 def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.ndarray, s: np.ndarray,
-                  n: int, ops: np.ndarray, coarse: bool = False) -> np.ndarray:
+                  n: int, ops: np.ndarray, coarse: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Counts (B, cols) of the windows (d, s) of operations ops (checked, on the rows they
-    drive: `CCO._counts`); `coarse`: in one of two threads (fewer, larger numpy calls:
-    `_TAIL_CHUNK_WINDOWS`). Also what the worker process runs (`window_worker`)."""
+    drive: `CCO._counts`), into `out` (int64) if given; `coarse`: in one of two threads (fewer,
+    larger numpy calls: `_TAIL_CHUNK_WINDOWS`). Also what the worker process runs
+    (`window_worker`)."""
     window, column = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse)
     # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
     advance = integrated_charge(w, d, s, dtype=np.float64)
@@ -451,7 +455,7 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
             advance[window, column] -= t.monotone_clipping(w, d, s, window, column, sign)
         else:
             advance[window, column] = t.exact_advance(w.w_int, d, s, n, window, column, w.terms)
-    counts = np.empty(advance.shape, dtype=np.int64)
+    counts = np.empty(advance.shape, dtype=np.int64) if out is None else out
     step = _TAIL_CHUNK_WINDOWS[coarse]
     for b in range(0, len(advance), step):
         chunk = slice(b, b + step)

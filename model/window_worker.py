@@ -174,9 +174,10 @@ class WindowWorker:
                 self._lock.release()
         return Job(self) if sent else None
 
-    def _finish(self, caller_s: float) -> np.ndarray | None:
-        """The counts of the request in flight, or None (and the worker given up)."""
-        counts = None
+    def _finish(self, caller_s: float, out: np.ndarray) -> bool:
+        """The counts of the request in flight into out; False if the worker failed (and is
+        given up)."""
+        answered = False
         try:
             with self._exchange("the worker's answer failed"):
                 number, kind, value = self._receive(time.monotonic() + max(_TIMEOUT_MIN_S,
@@ -185,11 +186,14 @@ class WindowWorker:
                     raise WorkerError(f"answer {number} to request {self._requests}")
                 if kind != "ok":
                     raise WorkerError(f"the worker failed: {value}")
-                counts = value.astype(np.int64)
+                if value.shape != out.shape:
+                    raise WorkerError(f"counts of shape {value.shape} for {out.shape}")
+                out[...] = value
+                answered = True
                 self.jobs += 1
         finally:
             self._lock.release()
-        return counts
+        return answered
 
     # ---- the pipes ---------------------------------------------------------------------------
 
@@ -255,10 +259,10 @@ class Job:
     def __init__(self, worker: WindowWorker):
         self._worker = worker
 
-    def result(self, caller_s: float) -> np.ndarray | None:
-        """The counts, or None if the worker failed (caller_s: how long the caller's own half
-        took, which scales the deadline)."""
-        return self._worker._finish(caller_s)
+    def result(self, caller_s: float, out: np.ndarray) -> bool:
+        """The counts into out (int64), or False if the worker failed (caller_s: how long the
+        caller's own half took, which scales the deadline)."""
+        return self._worker._finish(caller_s, out)
 
 
 def _wait(fd: int, event: int, timeout_s: float) -> bool:
@@ -398,7 +402,8 @@ def _serve(requests, replies) -> None:
             w.bounds(*transfer.current_limits)
             with single_threaded_blas():
                 counts = window_counts(transfer, rngs[rng_key], w, d, s, n, ops, coarse=False)
-            answer = (number, "ok", counts.astype(np.int32))  # counts < 2**21 (phases < 2**53)
+            # counts < 2**21 (phases < 2**53): as uint16 where they fit, half the bytes
+            answer = (number, "ok", counts.astype(np.uint16 if counts.max(initial=0) < 2**16 else np.int32))
         except Exception as error:  # noqa: BLE001 - reported; the caller computes it itself
             answer = (number, "error", repr(error))
         reply(answer)
