@@ -17,7 +17,7 @@ from pcmhil.host import packets as pk
 from pcmhil.host.chip import Chip
 from pcmhil.host.equivalence import _wait, compare, random_workload, run_workload
 from pcmhil.host.twin import TwinTransport
-from pcmhil.interface import PWM_MAX_CYCLES, Command, CommandWord, ErrorCode, Geometry, PacketType
+from pcmhil.interface import PWM_MAX_CYCLES, Command, CommandWord, ErrorCode, Geometry, PacketType, ReadMode
 from pcmhil.model.analog_tile import AnalogSpec
 
 pytestmark = pytest.mark.cosim
@@ -69,6 +69,34 @@ def test_mvm_codes_identical_on_every_backend_and_mode():
               for backend, mode in (("twin", "transaction"), ("cosim", "transaction"),
                                     ("cosim", "cycle"))}
     assert len(set(hashes.values())) == 1, hashes
+
+
+def test_twin_batches_through_the_window_worker_match_the_cosim():
+    """Batches large enough to run partly in the model's worker process (model/window_worker.py)
+    give the RTL's codes too: 1-phase and 4-phase, one batch after another."""
+    from pcmhil.host.random_mvm import GAIN, SHIFT
+    from pcmhil.model import window_worker
+
+    if window_worker._usable_cpus() < 2:
+        pytest.skip("the worker is not used with one usable CPU")
+    geometry, spec = Geometry(32, 16, 1), AnalogSpec(kwargs={"preset": "hermes-2dev", "seed": 3})
+    rng = np.random.default_rng(4)
+    w = rng.uniform(-1, 1, (geometry.rows, geometry.cols))
+    assert window_worker.warm_up(window_worker.MIN_WINDOWS, timeout_s=60)
+    jobs = window_worker.shared().jobs
+    with CosimTransport(geometry, spec, mode="transaction") as cosim:
+        chips = [Chip(cosim, geometry), Chip(TwinTransport(geometry, spec), geometry)]
+        for chip in chips:
+            chip.program(0, np.rint(np.maximum(w, 0) * 255), np.rint(np.maximum(-w, 0) * 255))
+            chip.calibrate(0, 2)
+            chip.load_ldpu(0, np.full(geometry.cols, GAIN), np.zeros(geometry.cols, dtype=np.int64))
+        for read_mode in (ReadMode.ONE_PHASE, ReadMode.FOUR_PHASE, ReadMode.ONE_PHASE):
+            x = rng.integers(-128, 128, (window_worker.MIN_WINDOWS + 30, geometry.rows))
+            for chip in chips:
+                chip.configure(0, read_mode=read_mode, shift=SHIFT)
+            got, want = (chip.mvm(0, x) for chip in chips)
+            assert np.array_equal(got, want), read_mode
+    assert window_worker.shared().jobs >= jobs + 3  # every batch had a part in the worker
 
 
 def test_bench_cosim_reports_every_figure_side_by_side():
