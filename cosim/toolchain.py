@@ -9,7 +9,12 @@ Facts this module encodes (../shared/TOOLCHAIN.md, verified on Debian 12 / Pytho
   enough to be split into several C++ files fails with ``Vtop__pch.h.fast: linker input file not
   found``. Passing ``CFG_CXXFLAGS_PCH_I=-include`` to make fixes it (we pass it in MAKEFLAGS).
 * A Verilator build costs 10-60 s, so builds are cached under a key made of the Verilog text,
-  the build flags and the tool versions: an unchanged design is never rebuilt.
+  the build flags and the tool versions: an unchanged design is never rebuilt. A finished build
+  keeps only what a simulation starts (the executable), its Verilog and its log: the
+  intermediates, mostly two precompiled headers of ~90 MB each at 256x256, would make every
+  entry ~220 MB instead of ~3-10 MB. At most MAX_CACHED_BUILDS entries are kept, the least
+  recently used going first (never one used within the last hour, which a running process may
+  be about to start).
 """
 
 from __future__ import annotations
@@ -43,6 +48,14 @@ VERILATED_MK_FIXES = {"CFG_CXXFLAGS_PCH_I": "-include"}
 SIM_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3")
 
 CACHE_ENV = "PCMHIL_CACHE_DIR"
+
+#: Cached Verilator builds kept (module doc); each is ~3-10 MB once pruned.
+MAX_CACHED_BUILDS = 64
+#: An entry used (built or reused) more recently than this is never evicted.
+EVICT_UNUSED_FOR_S = 3600.0
+#: Build intermediates a finished build drops (C++ sources, objects, archives, precompiled
+#: headers, dependency and make files): the cocotb runner only starts the executable.
+_INTERMEDIATE_SUFFIXES = (".gch", ".o", ".a", ".cpp", ".h", ".d", ".mk")
 
 
 def cache_root() -> Path:
@@ -211,13 +224,18 @@ class Build:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock, so parallel test workers never build the same key twice."""
+def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive inter-process lock, so parallel test workers never build the same key twice
+    (nor evict an entry being built); yields whether it is held (always, when blocking)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(path, "a") as handle:
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -279,6 +297,8 @@ def build(spec: BuildSpec, *, cache_dir: Path | None = None, log=None) -> Build:
     final = root / f"{spec.toplevel}-{key}"
     with _locked(root / f".{key}.lock"):
         if (final / spec.toplevel).exists():
+            _prune(final, spec.toplevel)  # an entry of an earlier version may hold intermediates
+            os.utime(final)  # last use, for eviction
             return Build(spec, final, True, time.perf_counter() - start)
         if spec.waves:
             check_fst_support()
@@ -286,10 +306,41 @@ def build(spec: BuildSpec, *, cache_dir: Path | None = None, log=None) -> Build:
         work = Path(tempfile.mkdtemp(prefix=f".{spec.toplevel}-", dir=root))
         try:
             _build_into(spec, work, log)
+            _prune(work, spec.toplevel)
             os.replace(work, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    evict_builds(root, keep=final)
     return Build(spec, final, False, time.perf_counter() - start)
+
+
+def _prune(build_dir: Path, toplevel: str) -> None:
+    """Drop a finished build's intermediates (module doc); the executable, the Verilog (src/)
+    and the log stay."""
+    for path in build_dir.iterdir():
+        if path.suffix in _INTERMEDIATE_SUFFIXES and path.name != toplevel and path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def evict_builds(root: Path, keep: Path | None = None, max_builds: int = MAX_CACHED_BUILDS,
+                 unused_for_s: float = EVICT_UNUSED_FOR_S) -> list[Path]:
+    """Remove the least recently used build entries under root beyond max_builds, skipping
+    `keep`, entries used within unused_for_s and entries being built (their lock is held);
+    returns the removed entries."""
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime)
+    removed = []
+    now = time.time()
+    for entry in entries[:max(len(entries) - max_builds, 0)]:
+        if entry == keep or now - entry.stat().st_mtime < unused_for_s:
+            continue
+        key = entry.name.rsplit("-", 1)[-1]
+        with _locked(root / f".{key}.lock", blocking=False) as held:
+            # under the lock, which a reuse holds while it marks its use: checked again
+            if held and time.time() - entry.stat().st_mtime >= unused_for_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
 
 
 #: make variables an HDL clock (--timing: C++20 coroutines) needs with the wheel's verilated.mk.

@@ -158,3 +158,31 @@ def test_missing_lz4_headers_are_named_before_a_waves_build(monkeypatch):
     monkeypatch.setattr(toolchain.subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(ToolchainError, match=r"lz4\.h.*apt-get install liblz4-dev"):
         toolchain.check_fst_support()
+
+
+@pytest.mark.cosim
+def test_a_cached_build_keeps_only_what_a_simulation_starts(tmp_path):
+    """No precompiled headers, objects or generated C++ (~220 MB per 256x256 build): the
+    executable, the Verilog and the log."""
+    built = toolchain.build(smoke.smoke_build_spec(), cache_dir=tmp_path / "cache")
+    names = {p.name for p in built.build_dir.iterdir()}
+    assert {built.spec.toplevel, "src", "build.log"} <= names
+    assert not [n for n in names if n.endswith(toolchain._INTERMEDIATE_SUFFIXES)]
+    run = toolchain.run_cocotb(built, "pcmhil.cosim.smoke_bench", tmp_path / "run")
+    assert (run.tests, run.failed) == (1, 0)
+
+
+def test_eviction_removes_the_least_recently_used_builds_not_used_for_an_hour(tmp_path):
+    root = tmp_path / "verilator"
+    now = time.time()
+    ages_h = {"a-0001": 5, "b-0002": 4, "c-0003": 3, "d-0004": 0.5, "e-0005": 0.1}
+    for name, age in ages_h.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "sim").write_text("x")
+        os.utime(root / name, (now - age * 3600, now - age * 3600))
+    with toolchain._locked(root / ".0002.lock"):  # b is being built by another process
+        removed = toolchain.evict_builds(root, max_builds=1, unused_for_s=3600)
+    assert sorted(p.name for p in removed) == ["a-0001", "c-0003"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["b-0002", "d-0004",
+                                                                                     "e-0005"]
+    assert toolchain.evict_builds(root, max_builds=10) == []  # under the limit: nothing
