@@ -14,7 +14,7 @@ Facts this module encodes (../shared/TOOLCHAIN.md, verified on Debian 12 / Pytho
   intermediates, mostly two precompiled headers of ~90 MB each at 256x256, would make every
   entry ~220 MB instead of ~3-10 MB. At most MAX_CACHED_BUILDS entries are kept, the least
   recently used going first (never one used within the last hour, which a running process may
-  be about to start).
+  be about to start); likewise at most MAX_CACHED_VERILOG elaborated Verilog files.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ CACHE_ENV = "PCMHIL_CACHE_DIR"
 
 #: Cached Verilator builds kept (module doc); each is ~3-10 MB once pruned.
 MAX_CACHED_BUILDS = 64
+#: Cached Amaranth Verilog files kept (~0.1-2 MB each), least recently used first out.
+MAX_CACHED_VERILOG = 256
 #: An entry used (built or reused) more recently than this is never evicted.
 EVICT_UNUSED_FOR_S = 3600.0
 #: Build intermediates a finished build drops (C++ sources, objects, archives, precompiled
@@ -264,14 +266,25 @@ def cached_verilog(name: str, parameters: Mapping, sources: Sequence[str], conve
     key = hashlib.sha256(json.dumps([name, dict(parameters), _source_digest(sources)],
                                     sort_keys=True).encode()).hexdigest()[:24]
     path = cache_root() / "verilog" / f"{name}-{key}.v"
-    if path.exists():
-        return path.read_text()
+    with contextlib.suppress(FileNotFoundError):  # absent, or evicted meanwhile: elaborate
+        text = path.read_text()
+        os.utime(path)  # last use, for eviction
+        return text
     text = convert()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(text)
     os.replace(partial, path)
+    _evict_oldest(sorted(path.parent.glob("*.v"), key=_mtime), MAX_CACHED_VERILOG, EVICT_UNUSED_FOR_S,
+                  Path.unlink)
     return text
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def check_fst_support() -> None:
@@ -327,19 +340,30 @@ def evict_builds(root: Path, keep: Path | None = None, max_builds: int = MAX_CAC
     """Remove the least recently used build entries under root beyond max_builds, skipping
     `keep`, entries used within unused_for_s and entries being built (their lock is held);
     returns the removed entries."""
-    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime)
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and p != keep), key=_mtime)
+
+    def remove(entry: Path) -> None:
+        with _locked(root / f".{entry.name.rsplit('-', 1)[-1]}.lock", blocking=False) as held:
+            # under the lock, which a reuse holds while it marks its use: checked again
+            if not held or time.time() - _mtime(entry) < unused_for_s:
+                raise FileExistsError(entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+    return _evict_oldest(entries, max_builds - (keep is not None), unused_for_s, remove)
+
+
+def _evict_oldest(entries: list[Path], keep_count: int, unused_for_s: float, remove) -> list[Path]:
+    """remove(entry) for the oldest entries (sorted by last use) beyond keep_count that were
+    not used within unused_for_s (remove may refuse one with FileExistsError); the removed."""
     removed = []
     now = time.time()
-    for entry in entries[:max(len(entries) - max_builds, 0)]:
-        if entry == keep or now - entry.stat().st_mtime < unused_for_s:
+    for entry in entries[:max(len(entries) - keep_count, 0)]:
+        if now - _mtime(entry) < unused_for_s:
             continue
-        key = entry.name.rsplit("-", 1)[-1]
-        with _locked(root / f".{key}.lock", blocking=False) as held:
-            # under the lock, which a reuse holds while it marks its use: checked again
-            if held and time.time() - entry.stat().st_mtime >= unused_for_s:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
+        with contextlib.suppress(FileExistsError, FileNotFoundError):
+            remove(entry)
+            removed.append(entry)
     return removed
 
 

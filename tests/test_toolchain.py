@@ -186,3 +186,24 @@ def test_eviction_removes_the_least_recently_used_builds_not_used_for_an_hour(tm
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["b-0002", "d-0004",
                                                                                      "e-0005"]
     assert toolchain.evict_builds(root, max_builds=10) == []  # under the limit: nothing
+
+
+def test_verilog_cache_reuses_and_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    monkeypatch.setenv(toolchain.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(toolchain, "MAX_CACHED_VERILOG", 2)
+    folder = tmp_path / "verilog"
+    folder.mkdir()
+    now = time.time()
+    for name, age_h in {"old-1.v": 5, "old-2.v": 4, "old-3.v": 3, "recent.v": 0.1}.items():
+        (folder / name).write_text("// cached")
+        os.utime(folder / name, (now - age_h * 3600, now - age_h * 3600))
+    calls = []
+
+    def convert():
+        calls.append(1)
+        return "module m; endmodule\n"
+
+    assert toolchain.cached_verilog("m", {"rows": 4}, [], convert) == "module m; endmodule\n"
+    assert toolchain.cached_verilog("m", {"rows": 4}, [], convert) == "module m; endmodule\n"
+    assert len(calls) == 1  # the second from the cache
+    assert sorted(p.name for p in folder.glob("*.v") if not p.name.startswith("m-")) == ["recent.v"]
