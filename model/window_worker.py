@@ -3,9 +3,10 @@ the calling thread runs the rest (`CCO._halves`).
 
 Why a process. Every window's count depends on that window alone, so the halves of a batch can
 run at once, and numpy and BLAS release the GIL inside their loops. But in two threads of one
-process each numpy call returns to a GIL the other thread may hold, and on this project's 2-core
-machine the hand-overs cost most of the second core (1,000 windows at 256 x 256 with the
-benchmark's uniform weights: one thread 25.7 ms, two threads 19.6 ms, two processes 14.7 ms).
+process each numpy call returns to a GIL the other thread may hold, and each hand-over costs a
+context switch, dear when the host is busy. Measured on this project's 2-core machine, 1,000
+windows at 256 x 256 with the benchmark's uniform weights: busy, one thread 25.7 ms, two threads
+19.6 ms, two processes 14.7 ms; quiet, two threads and two processes alike (~15 ms of ~24).
 
 How. The worker is `python -P -c` this module's `main` (a plain child process on pipes, not
 multiprocessing: nothing of the caller's __main__ is re-imported), started on the second large
