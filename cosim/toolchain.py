@@ -276,7 +276,7 @@ def cached_verilog(name: str, parameters: Mapping, sources: Sequence[str], conve
     partial.write_text(text)
     os.replace(partial, path)
     _evict_oldest(sorted(path.parent.glob("*.v"), key=_mtime), MAX_CACHED_VERILOG, EVICT_UNUSED_FOR_S,
-                  Path.unlink)
+                  lambda old: old.unlink(missing_ok=True) or True)
     return text
 
 
@@ -343,28 +343,23 @@ def evict_builds(root: Path, keep: Path | None = None, max_builds: int = MAX_CAC
     entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
                       and p != keep), key=_mtime)
 
-    def remove(entry: Path) -> None:
+    def remove(entry: Path) -> bool:
         with _locked(root / f".{entry.name.rsplit('-', 1)[-1]}.lock", blocking=False) as held:
             # under the lock, which a reuse holds while it marks its use: checked again
             if not held or time.time() - _mtime(entry) < unused_for_s:
-                raise FileExistsError(entry)
+                return False
             shutil.rmtree(entry, ignore_errors=True)
+            return True
 
     return _evict_oldest(entries, max_builds - (keep is not None), unused_for_s, remove)
 
 
 def _evict_oldest(entries: list[Path], keep_count: int, unused_for_s: float, remove) -> list[Path]:
     """remove(entry) for the oldest entries (sorted by last use) beyond keep_count that were
-    not used within unused_for_s (remove may refuse one with FileExistsError); the removed."""
-    removed = []
+    not used within unused_for_s (remove returns whether it did); the removed."""
     now = time.time()
-    for entry in entries[:max(len(entries) - keep_count, 0)]:
-        if now - _mtime(entry) < unused_for_s:
-            continue
-        with contextlib.suppress(FileExistsError, FileNotFoundError):
-            remove(entry)
-            removed.append(entry)
-    return removed
+    return [entry for entry in entries[:max(len(entries) - keep_count, 0)]
+            if now - _mtime(entry) >= unused_for_s and remove(entry)]
 
 
 #: make variables an HDL clock (--timing: C++20 coroutines) needs with the wheel's verilated.mk.

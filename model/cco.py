@@ -161,9 +161,8 @@ class CcoTransfer:
         return self._pulses_real(phase).astype(np.int64)
 
     def _pulses_real(self, phase: np.ndarray) -> np.ndarray:
-        """S0 Nl(max(phase, 0)) / 2**32 as float64 (>= 0), with the same IEEE operations as
-        S0 * (C - K * v * v), v = knee - min(u, knee); in place where phase is float64 (else a
-        new array)."""
+        """S0 Nl(max(phase, 0)) / 2**32 as a new float64 array (>= 0), with the same IEEE
+        operations as S0 * (C - K * v * v), v = knee - min(u, knee)."""
         u = np.maximum(phase, 0, dtype=np.float64)
         scale = 1.0 / PHASE_PER_PULSE
         if self.knee > 0:
@@ -213,7 +212,7 @@ class CcoTransfer:
         bins = np.right_shift(bits, np.uint64(64 - _NOISE_BIN_BITS)).view(np.int64)
         low = np.take(lowest, bins, mode="clip")
         low += advance
-        real = self._pulses_real(low)  # in place: low is gone
+        real = self._pulses_real(low)
         counts = real.astype(np.int64)
         real += np.take(reach, bins, mode="clip")
         open_ = real >= counts + 1  # the count at the bracket's high end may be higher
@@ -418,13 +417,12 @@ class CCO:
         counts = np.empty((len(d), w.cols), dtype=np.int64)
         worker = window_worker.for_large_batch()
         half = int(len(d) * _CALLER_SHARE)
-        job = worker.start(t, rng, w, d[half:], s[half:], n, ops[half:]) if worker else None
-        if job is not None:
+        if worker is not None and worker.start(t, rng, w, d[half:], s[half:], n, ops[half:]):
             start = time.perf_counter()
             try:
                 window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], out=counts[:half])
             finally:  # the answer is read even if this half raised: the pipe stays in step
-                answered = job.result(time.perf_counter() - start, out=counts[half:])
+                answered = worker.finish(time.perf_counter() - start, out=counts[half:])
             if not answered:  # the worker failed (and is given up): this half here
                 window_counts(t, rng, w, d[half:], s[half:], n, ops[half:], out=counts[half:])
             return counts

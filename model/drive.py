@@ -548,15 +548,6 @@ def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: n
         value = start[0].astype(w.scan_terms.dtype)  # exact integers (`exact32`)
         first = np.minimum(start[1], positions)
         length = np.minimum(start[2], positions) - first
-    return _scan(w, signed, pair_window, column, value, first, length, lower, upper, block)
-
-
-def _scan(w: SelectedConductance, signed: np.ndarray, pair_window: np.ndarray, column: np.ndarray,
-          value: np.ndarray, first: np.ndarray, length: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-          block: int) -> np.ndarray:
-    """`_prefix_scan` of the pairs (window signed[pair_window], column) from prefix sums value
-    (the first `first` rows) over `length` more rows each."""
-    positions = signed.shape[1]
     # `block` positions of padding (the term index of no row, whose term is 0): a pair's last
     # block may run past its window's rows without reaching the next window's
     padded = np.full((len(signed), positions + block), 2 * w.rows, dtype=signed.dtype)

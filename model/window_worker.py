@@ -149,11 +149,11 @@ class WindowWorker:
 
     # ---- one batch half ----------------------------------------------------------------------
 
-    def start(self, transfer, rng, w, d: np.ndarray, s: np.ndarray, n: int, ops: np.ndarray) -> Job | None:
-        """Send the windows (d, s) for `window_counts`; None if the worker is not ready, busy
-        or broken (the caller computes them itself)."""
+    def start(self, transfer, rng, w, d: np.ndarray, s: np.ndarray, n: int, ops: np.ndarray) -> bool:
+        """Send the windows (d, s) for `window_counts`, whose counts `finish` then reads; False
+        if the worker is not ready, busy or broken (the caller computes them itself)."""
         if not self.ready() or not self._lock.acquire(blocking=False):
-            return None
+            return False
         sent = False
         try:
             with self._exchange("sending to the worker failed"):
@@ -173,11 +173,12 @@ class WindowWorker:
         finally:
             if not sent:
                 self._lock.release()
-        return Job(self) if sent else None
+        return sent
 
-    def _finish(self, caller_s: float, out: np.ndarray) -> bool:
-        """The counts of the request in flight into out; False if the worker failed (and is
-        given up)."""
+    def finish(self, caller_s: float, out: np.ndarray) -> bool:
+        """The counts of the request `start` sent into out (int64); False if the worker failed
+        (and is given up). caller_s: how long the caller's own half took, which scales the
+        deadline."""
         answered = False
         try:
             with self._exchange("the worker's answer failed"):
@@ -252,18 +253,6 @@ class WindowWorker:
                 pipe.close()
             except OSError:
                 pass  # unflushed input of a dead process
-
-
-class Job:
-    """A batch half in the worker: `result` waits for its counts."""
-
-    def __init__(self, worker: WindowWorker):
-        self._worker = worker
-
-    def result(self, caller_s: float, out: np.ndarray) -> bool:
-        """The counts into out (int64), or False if the worker failed (caller_s: how long the
-        caller's own half took, which scales the deadline)."""
-        return self._worker._finish(caller_s, out)
 
 
 def _wait(fd: int, event: int, timeout_s: float) -> bool:
