@@ -85,3 +85,16 @@ def test_every_seed_option_refuses_what_no_rng_takes(capsys, command, seed):
         main([*command, "--seed", seed])
     assert exit_info.value.code == 2
     assert f"argument --seed: seed must be an integer in [0, 2**64), not '{seed}'" in capsys.readouterr().err
+
+
+def test_library_entry_points_check_their_counts_and_seed():
+    """The functions behind `pcmhil mvm` and `pcmhil bench cosim`, called directly."""
+    from pcmhil.errors import ConfigError
+    from pcmhil.host.bench import bench_cosim
+    from pcmhil.host.random_mvm import random_mvm
+
+    with pytest.raises(ConfigError, match=r"seed must be an integer within \[0, 18446744073709551615\], "
+                                          r"not -3"):
+        random_mvm("twin", rows=8, cols=8, count=1, seed=-3)
+    with pytest.raises(ConfigError, match=r"batch must be an integer within \[1, 10000000\], not 0"):
+        bench_cosim(rows=8, cols=8, batch=0)
