@@ -32,6 +32,7 @@ from threadpoolctl import ThreadpoolController
 
 from pcmhil.errors import ConfigError
 
+from . import int_gemm
 from .checks import check_array, check_choice, check_int, check_within
 
 SELECTS = ("differential", "plus", "minus")
@@ -161,6 +162,17 @@ class SelectedConductance:
             last = self._derived["restricted"] = (key, SelectedConductance.of(self.w_int[rows]))
         return last[1]
 
+    def int8(self, windows: int) -> int_gemm.Int8Matrix | None:
+        """The matrix as int8 digits for products with the left operands of `windows` windows
+        (`int_gemm`), or None where these take numpy's float path (a few windows, or torch not
+        available, e.g. while it is still being imported)."""
+        if windows < int_gemm.MIN_ROWS or not self.w_int.size or (torch := int_gemm.module()) is None:
+            return None
+        matrix = self._derived.get("int8")
+        if matrix is None:
+            matrix = self._derived["int8"] = int_gemm.Int8Matrix(torch, self.w_int)
+        return matrix
+
     def bounds(self, lower: np.ndarray, upper: np.ndarray) -> CurrentBounds:
         """The current tests of this select for the limits (lower, upper), built once per pair
         of limit arrays (a CCO's limits are the same arrays for its whole life)."""
@@ -215,10 +227,24 @@ def check_exact(w: SelectedConductance, longest_cycles: int) -> None:
 def integrated_charge(w: SelectedConductance, d: np.ndarray, s: np.ndarray,
                       dtype: type = np.int64) -> np.ndarray:
     """Q[b, j] = sum_i s_i d_i W[i, j] (conductance LSB x cycles), (B, cols): int64, or float64
-    holding the same exact integers (for a caller that goes on in float64)."""
+    holding the same exact integers (for a caller that goes on in float64). Through `int_gemm`
+    where the signed durations d s, or all their negatives, fit int8 (1-phase windows of int8
+    inputs, 4-phase windows), else a float64 matmul (exact: `check_exact`)."""
     check_exact(w, int(d.max(initial=0)))
     charge = np.empty((len(d), w.cols))
+    matrix = w.int8(len(d))
     for chunk in _window_chunks(len(d), w.rows):
+        if matrix is not None and matrix.exact_for(128):
+            v = np.multiply(d[chunk], s[chunk], dtype=np.int16 if d.dtype.itemsize <= 2 else np.int64)
+            low, high = int(v.min()), int(v.max())
+            flip = -1 if high > 127 and low >= -127 else 1
+            if -128 <= flip * low <= 127 and -128 <= flip * high <= 127:
+                if flip < 0:
+                    np.negative(v, out=v)
+                matrix.product(v.astype(np.int8), out=charge[chunk])
+                if flip < 0:
+                    np.negative(charge[chunk], out=charge[chunk])
+                continue
         np.matmul(np.multiply(d[chunk], s[chunk], dtype=np.float64), w.w, out=charge[chunk])
     return charge if dtype is np.float64 else charge.astype(dtype)
 
@@ -263,6 +289,16 @@ class CurrentBounds:
         shrink = 1.0 - (2 * w.rows + 4) * FLOAT32_UNIT
         self.start_limit = {1: _float32_below(upper[cols] * shrink),
                             -1: _float32_below(-lower[cols] * shrink)}
+        self._int8: _Int8Bounds | None = None
+
+    def int8(self, windows: int) -> _Int8Bounds | None:
+        """The operands of the int8 path (`int_gemm`) for `windows` windows, or None where they
+        take the float32 path (`SelectedConductance.int8`)."""
+        if self.w.int8(windows) is None:
+            return None
+        if self._int8 is None:  # two threads may both build it: the same values
+            self._int8 = _Int8Bounds(self, int_gemm.module())
+        return self._int8
 
     def may_leave(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, coarse: bool = False
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +371,12 @@ class CurrentBounds:
         windows (C_0 = 0) inside even when a limit is 0 (a CCO without zero-current offset).
         """
         passed = np.empty((len(d), len(self.cols)), dtype=bool)
+        exact = self.int8(len(d))
         for chunk in _window_chunks(len(d), self.w.rows):
+            if exact is not None:  # C_0 exact: compared with the limit itself
+                start = exact.a.product(np.multiply(d[chunk] > 0, s[chunk], dtype=np.int8))
+                np.less_equal(sign * start, exact.start_limit[sign], out=passed[chunk])
+                continue
             start = np.multiply(d[chunk] > 0, s[chunk].astype(np.float32)) @ self.w32  # C_0
             if sign < 0:
                 np.negative(start, out=start)
@@ -381,40 +422,99 @@ class CurrentBounds:
         of the float32 matmul is an integer below 2**24 (2 reach < 2**24, `exact32`).
         """
         bands = self.bands
-        table_a, table_t = _band_tables(bands, n_window_cycles)
-        first = 1 if dense else 0
-        with_start = self.exact32 and len(d) * len(self.cols) >= _SCAN_MIN_PAIRS
-        rows, cols = self.w.rows, len(self.cols)
+        exact = self.int8(len(d))
+        first = 1 if dense and exact is None else 0
+        with_start = (exact is not None or self.exact32) and len(d) * len(self.cols) >= _SCAN_MIN_PAIRS
+        rows = self.w.rows
+        mid, half = (self.mid, self.half) if exact is None else (exact.mid, exact.half)
         parts = []
         for chunk in _window_chunks(len(d), bands * rows, _BAND_CHUNK_ELEMENTS):
             index = np.multiply(d[chunk], s[chunk], dtype=np.intp)
-            windows = len(index)
             index += n_window_cycles  # row of the tables: signed duration + n
-            left = np.empty((2 * bands - first, windows, rows), dtype=np.float32)
-            np.take(table_a, index, axis=1, out=left[:bands], mode="clip")  # every band in one call
-            np.take(table_t[first:], index, axis=1, out=left[bands:], mode="clip")
-            flat = left.reshape(len(left) * windows, rows)
-            a = (flat[:bands * windows] @ self.w32).reshape(bands, windows, cols)
-            t = np.empty_like(a)
-            t_rows = t[first:].reshape((bands - first) * windows, cols)
-            np.matmul(flat[bands * windows:], self.w_abs32, out=t_rows)
-            if first:
-                np.subtract(self.reach32, t[1:].sum(axis=0), out=t[0])
-            y = np.subtract(a, self.mid, out=None if with_start else a)  # A_g kept for the scan start
+            if exact is None:
+                a, t, sizes = self._float32_bands(index, bands, first, n_window_cycles, with_start)
+            else:
+                a, t, sizes = exact.bands(index, bands, n_window_cycles)
+            y = np.subtract(a, mid, out=None if with_start else a)  # A_g kept for the scan start
             np.abs(y, out=y)
             y += t
             worst = y.max(axis=0)
-            window, column = np.divmod(np.flatnonzero(worst > self.half), cols)  # 2-D np.nonzero: ~10x slower
+            # flat: 2-D np.nonzero is ~10x slower
+            window, column = np.divmod(np.flatnonzero(worst > half), len(self.cols))
             start = None
             if with_start:
-                above = np.zeros((bands + 1, windows), dtype=np.intp)  # rows with d > e_g
-                sizes = flat[bands * windows:] @ self.ones32  # the T_g groups' rows (exact)
-                above[first:bands] = np.cumsum(sizes.reshape(bands - first, windows)[::-1], axis=0)[::-1]
+                above = np.zeros((bands + 1, len(index)), dtype=np.intp)  # rows with d > e_g
+                above[first:bands] = np.cumsum(sizes[::-1], axis=0)[::-1]
                 if first:  # dense: group 0 has no T row; every prefix of the rows is scanned
                     above[0] = rows
-                start = _scan_start(a, y, above, window, column, self.half)
+                start = _scan_start(a, y, above, window, column, half)
             parts.append(_FailedPairs(window + chunk.start, column, start))
         return _FailedPairs.joined(parts)
+
+    def _float32_bands(self, index: np.ndarray, bands: int, first: int, n_window_cycles: int, sizes: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A_g and T_g (bands, windows, cols) float32 of the windows whose table rows are
+        `index` (windows, rows), and (sizes) the row counts of the groups first .. bands - 1
+        (bands - first, windows), exact (`_band_test`)."""
+        table_a, table_t = _band_tables(bands, n_window_cycles)
+        windows, rows, cols = len(index), self.w.rows, len(self.cols)
+        left = np.empty((2 * bands - first, windows, rows), dtype=np.float32)
+        np.take(table_a, index, axis=1, out=left[:bands], mode="clip")  # every band in one call
+        np.take(table_t[first:], index, axis=1, out=left[bands:], mode="clip")
+        flat = left.reshape(len(left) * windows, rows)
+        a = (flat[:bands * windows] @ self.w32).reshape(bands, windows, cols)
+        t = np.empty_like(a)
+        t_rows = t[first:].reshape((bands - first) * windows, cols)
+        np.matmul(flat[bands * windows:], self.w_abs32, out=t_rows)
+        if first:
+            np.subtract(self.reach32, t[1:].sum(axis=0), out=t[0])
+        counts = (flat[bands * windows:] @ self.ones32).reshape(bands - first, windows) if sizes else None
+        return a, t, counts
+
+
+class _Int8Bounds:
+    """`CurrentBounds`'s band and sign-definite tests on exact integers (`int_gemm`): A_g and C_0
+    are exact products with W's digits, so they are compared with the limits themselves, no
+    rounding margin. T_g is an upper bound: 2**q times the product of the group indicator with
+    ceil(|W| / 2**q), one int8 digit (q the smallest shift that makes it fit; at most 2**q - 1
+    above |W| per row), for every group (a product costs less than the dense T_0's sum). Values
+    in int32 where every |A_g - M| + T_g fits (8 reach < 2**31), else int64."""
+
+    def __init__(self, bounds: CurrentBounds, torch):
+        w, cols = bounds.w, bounds.cols
+        w_int = w.w_int if bounds.all_cols else w.w_int[:, cols]
+        self.a = int_gemm.Int8Matrix(torch, w_int)
+        magnitude = np.abs(w_int)
+        largest, self.shift = int(magnitude.max(initial=0)), 0
+        while -(-largest >> self.shift) > 127:  # ceil(|W| / 2**q) must fit int8
+            self.shift += 1
+        ceiling = -(-magnitude >> self.shift)
+        # a column of ones last: the products' last column counts each group's rows
+        self.t = int_gemm.Int8Matrix(torch, np.column_stack([ceiling, np.ones(len(ceiling), np.int64)]))
+        reach = ceiling.sum(axis=0) << self.shift
+        high = np.minimum(bounds.upper[cols], w.reach[cols])
+        low = np.maximum(bounds.lower[cols], -w.reach[cols])
+        wide = 8 * int(reach.max(initial=0)) >= 2**31
+        self.dtype = np.int64 if wide else np.int32
+        self.mid, self.half = (high + low).astype(self.dtype), (high - low).astype(self.dtype)
+        self.start_limit = {1: bounds.upper[cols],
+                            -1: -np.maximum(bounds.lower[cols], -np.iinfo(np.int64).max)}
+
+    def bands(self, index: np.ndarray, bands: int, n_window_cycles: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `CurrentBounds._float32_bands` with every T_g a product (first = 0): A_g exact,
+        T_g bounds, and the group sizes."""
+        table_a, table_t = _band_tables_int8(bands, n_window_cycles)
+        windows, rows = index.shape
+        cols = len(self.mid)
+        left = np.empty((2 * bands, windows, rows), dtype=np.int8)
+        np.take(table_a, index, axis=1, out=left[:bands], mode="clip")
+        np.take(table_t, index, axis=1, out=left[bands:], mode="clip")
+        a = self.a.product(left[:bands].reshape(bands * windows, rows), self.dtype)
+        part = self.t.product(left[bands:].reshape(bands * windows, rows), np.int32)  # one digit
+        t = np.left_shift(part[:, :cols], self.shift, dtype=self.dtype)
+        counts = part[:, cols].reshape(bands, windows)
+        return a.reshape(bands, windows, cols), t.reshape(bands, windows, cols), counts
 
 
 def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, window: np.ndarray, column: np.ndarray,
@@ -513,6 +613,15 @@ def _band_tables(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarr
     for table in (table_a, table_t):
         table.flags.writeable = False
     return table_a, table_t
+
+
+@cache
+def _band_tables_int8(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_band_tables` as int8 (values in {-2, ..., 2}), for `int_gemm`."""
+    tables = tuple(table.astype(np.int8) for table in _band_tables(bands, n_window_cycles))
+    for table in tables:
+        table.flags.writeable = False
+    return tables
 
 
 def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: np.ndarray,

@@ -351,6 +351,7 @@ atexit.register(_close_at_exit)
 
 def _serve(requests, replies) -> None:
     """Answer framed requests until end of input."""
+    from . import int_gemm
     from .cco import CcoTransfer, window_counts
     from .drive import SelectedConductance, single_threaded_blas
     from .keyed_rng import KeyedRng
@@ -363,6 +364,7 @@ def _serve(requests, replies) -> None:
     matrices: OrderedDict[int, SelectedConductance] = OrderedDict()
     transfers: dict[bytes, CcoTransfer] = {}
     rngs: dict[tuple[int, int], KeyedRng] = {}
+    int_gemm.warm_up()  # torch's import (~1 s) before the first request, not within its deadline
     reply(("ready", _FINGERPRINT))
     while True:
         header = requests.read(_HEADER.size)

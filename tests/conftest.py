@@ -27,3 +27,18 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cosim" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(params=["numpy", "int8"])
+def gemm_path(request, monkeypatch):
+    """The window matmuls on numpy's float path, or on torch's int8 GEMM (model/int_gemm.py)
+    for every batch, however small (the `torch` extra; CI installs it)."""
+    from pcmhil.model import int_gemm
+
+    if request.param == "int8":
+        if not int_gemm.warm_up():
+            pytest.skip("torch (the `torch` extra) is not installed: no int8 GEMM path to test")
+        monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
+    else:
+        monkeypatch.setattr(int_gemm, "module", lambda start=True: None)
+    return request.param

@@ -73,9 +73,12 @@ def test_mvm_codes_identical_on_every_backend_and_mode():
 
 def test_twin_batches_through_the_window_worker_match_the_cosim():
     """Batches large enough to run partly in the model's worker process (model/window_worker.py)
-    give the RTL's codes too: 1-phase and 4-phase, one batch after another."""
+    give the RTL's codes too: 1-phase and 4-phase, one batch after another; with torch
+    installed (CI), their matmuls on its int8 GEMM on both sides (model/int_gemm.py)."""
     from pcmhil.host.random_mvm import GAIN, SHIFT
-    from pcmhil.model import window_worker
+    from pcmhil.model import int_gemm, window_worker
+
+    int_gemm.warm_up()
 
     if window_worker._usable_cpus() < 2:
         pytest.skip("the worker is not used with one usable CPU")
@@ -123,6 +126,7 @@ def test_bench_cosim_reports_every_figure_side_by_side():
         assert min(parts.values()) >= 0 and parts["model"] > 0
     assert set(r["breakdown_s"]["twin"]) == {"analog_model", "twin_and_driver"}
     assert r["twin_window_worker"] is False  # batches of 64 windows have no part in the worker
+    assert isinstance(r["twin_int8_gemm"], bool)
 
 
 @pytest.mark.parametrize("settle_s", [0.0, 0.5], ids=["at-once", "after-settling"])

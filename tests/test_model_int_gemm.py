@@ -1,0 +1,84 @@
+"""model/int_gemm.py: exact integer products on int8 digits through torch's int8 GEMM.
+
+The counts never depend on the path (tests/test_model_cco.py runs the window tests on both,
+`gemm_path`); here the pieces: the digits, the products' exactness for every digit count and
+output type, torch's thread setting, and the switch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pcmhil.model import int_gemm
+
+
+@pytest.fixture
+def torch():
+    if not int_gemm.warm_up():
+        pytest.skip("torch (the `torch` extra) is not installed: no int8 GEMM path to test")
+    return int_gemm.module()
+
+
+@pytest.mark.parametrize("bound", [1, 127, 128, 2**14, 2**31, 2**62])
+def test_balanced_digits_rebuild_every_integer(bound):
+    rng = np.random.default_rng(bound % 1009)
+    w = rng.integers(-bound, bound, (40, 30), endpoint=True)
+    w[0, :4] = [-bound, bound, 0, -1]
+    digits = int_gemm.digits(w)
+    assert all(d.dtype == np.int8 for d in digits)
+    rebuilt = np.zeros(w.shape, dtype=object)
+    for k, d in enumerate(digits):
+        rebuilt += d.astype(object) * 256**k
+    assert (rebuilt == w.astype(object)).all()
+    assert len(digits) == max(1, len(int_gemm.digits(np.array([bound])))) and len(digits) <= 8
+
+
+@pytest.mark.parametrize("bound", [100, 2**14, 2**30])
+def test_products_are_exact_for_every_digit_count_and_output_type(torch, bound):
+    rng = np.random.default_rng(bound % 997)
+    rows, cols = 300, 70
+    w = rng.integers(-bound, bound, (rows, cols), endpoint=True)
+    left = rng.integers(-128, 128, (90, rows)).astype(np.int8)
+    left[0] = -128  # the extremes of both operands in one product
+    w[:, 0] = -bound
+    matrix = int_gemm.Int8Matrix(torch, w)
+    assert matrix.exact_for(128)
+    exact = left.astype(np.int64) @ w
+    assert np.array_equal(matrix.product(left), exact)
+    assert np.array_equal(matrix.product(left, np.float64), exact.astype(np.float64))
+    out = np.full((90, cols), 7.0)
+    assert matrix.product(left, out=out) is out and np.array_equal(out, exact)
+    if bound <= 2**14:  # |exact| < 2**31: int32 allowed
+        product = matrix.product(left, np.int32)
+        assert product.dtype == np.int32 and np.array_equal(product, exact)
+
+
+def test_int32_accumulation_bound_is_checked(torch):
+    matrix = int_gemm.Int8Matrix(torch, np.ones((2**17, 1), dtype=np.int64))
+    assert matrix.exact_for(127) and not matrix.exact_for(128)  # 2**17 x 128 x 128 = 2**31
+
+
+def test_products_leave_torch_threads_as_they_were(torch):
+    before = torch.get_num_threads()
+    matrix = int_gemm.Int8Matrix(torch, np.arange(12).reshape(4, 3))
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            assert np.array_equal(matrix.product(np.ones((5, 4), np.int8)), np.full((5, 3), [18, 22, 26]))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_switch_turns_the_int8_path_off():
+    code = ("from pcmhil.model import int_gemm; import sys; "
+            "print(int_gemm.warm_up(), int_gemm.module(), 'torch' in sys.modules)")
+    env = dict(os.environ, PCMHIL_INT_GEMM="0")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "None", "False"]
