@@ -429,12 +429,12 @@ class CurrentBounds:
         mid, half = (self.mid, self.half) if exact is None else (exact.mid, exact.half)
         parts = []
         for chunk in _window_chunks(len(d), bands * rows, _BAND_CHUNK_ELEMENTS):
-            index = np.multiply(d[chunk], s[chunk], dtype=np.intp)
-            index += n_window_cycles  # row of the tables: signed duration + n
             if exact is None:
+                index = np.multiply(d[chunk], s[chunk], dtype=np.intp)
+                index += n_window_cycles  # row of the tables: signed duration + n
                 a, t, sizes = self._float32_bands(index, bands, first, n_window_cycles, with_start)
             else:
-                a, t, sizes = exact.bands(index, bands, n_window_cycles)
+                a, t, sizes = exact.bands(d[chunk], s[chunk], bands, n_window_cycles)
             y = np.subtract(a, mid, out=None if with_start else a)  # A_g kept for the scan start
             np.abs(y, out=y)
             y += t
@@ -443,7 +443,7 @@ class CurrentBounds:
             window, column = np.divmod(np.flatnonzero(worst > half), len(self.cols))
             start = None
             if with_start:
-                above = np.zeros((bands + 1, len(index)), dtype=np.intp)  # rows with d > e_g
+                above = np.zeros((bands + 1, len(a[0])), dtype=np.intp)  # rows with d > e_g
                 above[first:bands] = np.cumsum(sizes[::-1], axis=0)[::-1]
                 if first:  # dense: group 0 has no T row; every prefix of the rows is scanned
                     above[0] = rows
@@ -489,8 +489,13 @@ class _Int8Bounds:
         while -(-largest >> self.shift) > 127:  # ceil(|W| / 2**q) must fit int8
             self.shift += 1
         ceiling = -(-magnitude >> self.shift)
-        # a column of ones last: the products' last column counts each group's rows
-        self.t = int_gemm.Int8Matrix(torch, np.column_stack([ceiling, np.ones(len(ceiling), np.int64)]))
+        # a column of ones after them: the products' column `cols` counts each group's rows;
+        # zero columns pad the width to a multiple of 16 (torch's int8 GEMM takes 1.5-2x as
+        # long for 257 columns as for 256 or 272, measured)
+        counted = np.zeros((len(ceiling), -(-(ceiling.shape[1] + 1) // 16) * 16), dtype=np.int64)
+        counted[:, :ceiling.shape[1]] = ceiling
+        counted[:, ceiling.shape[1]] = 1
+        self.t = int_gemm.Int8Matrix(torch, counted)
         reach = ceiling.sum(axis=0) << self.shift
         high = np.minimum(bounds.upper[cols], w.reach[cols])
         low = np.maximum(bounds.lower[cols], -w.reach[cols])
@@ -500,16 +505,22 @@ class _Int8Bounds:
         self.start_limit = {1: bounds.upper[cols],
                             -1: -np.maximum(bounds.lower[cols], -np.iinfo(np.int64).max)}
 
-    def bands(self, index: np.ndarray, bands: int, n_window_cycles: int
+    def bands(self, d: np.ndarray, s: np.ndarray, bands: int, n_window_cycles: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """As `CurrentBounds._float32_bands` with every T_g a product (first = 0): A_g exact,
-        T_g bounds, and the group sizes."""
-        table_a, table_t = _band_tables_int8(bands, n_window_cycles)
-        windows, rows = index.shape
+        """As `CurrentBounds._float32_bands` for the drive (d, s) with every T_g a product
+        (first = 0): A_g exact, T_g bounds, and the group sizes. The left operands come from
+        the indicators [d > e_g] by int8 arithmetic (half the time of `_band_tables` lookups)."""
+        edges = _band_edges(bands, n_window_cycles)
+        windows, rows = d.shape
         cols = len(self.mid)
+        conducts = np.zeros((bands + 1, windows, rows), dtype=np.bool_)  # [d > e_g], e_bands = n: none
+        for g in range(bands):
+            np.greater(d, edges[g], out=conducts[g])
+        on = conducts.view(np.int8)
         left = np.empty((2 * bands, windows, rows), dtype=np.int8)
-        np.take(table_a, index, axis=1, out=left[:bands], mode="clip")
-        np.take(table_t, index, axis=1, out=left[bands:], mode="clip")
+        np.add(on[:-1], on[1:], out=left[:bands])  # A_g: s ([d > e_g] + [d > e_g+1])
+        left[:bands] *= s
+        np.subtract(on[:-1], on[1:], out=left[bands:])  # T_g: [e_g < d <= e_g+1]
         a = self.a.product(left[:bands].reshape(bands * windows, rows), self.dtype)
         part = self.t.product(left[bands:].reshape(bands * windows, rows), np.int32)  # one digit
         t = np.left_shift(part[:, :cols], self.shift, dtype=self.dtype)
@@ -613,15 +624,6 @@ def _band_tables(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarr
     for table in (table_a, table_t):
         table.flags.writeable = False
     return table_a, table_t
-
-
-@cache
-def _band_tables_int8(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarray]:
-    """`_band_tables` as int8 (values in {-2, ..., 2}), for `int_gemm`."""
-    tables = tuple(table.astype(np.int8) for table in _band_tables(bands, n_window_cycles))
-    for table in tables:
-        table.flags.writeable = False
-    return tables
 
 
 def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: np.ndarray,
