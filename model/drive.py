@@ -439,15 +439,15 @@ class CurrentBounds:
             np.abs(y, out=y)
             y += t
             worst = y.max(axis=0)
-            # flat: 2-D np.nonzero is ~10x slower
-            window, column = np.divmod(np.flatnonzero(worst > half), len(self.cols))
+            failing = np.flatnonzero(worst > half)  # flat: 2-D np.nonzero is ~10x slower
+            window, column = np.divmod(failing, len(self.cols))
             start = None
             if with_start:
                 above = np.zeros((bands + 1, len(a[0])), dtype=np.intp)  # rows with d > e_g
                 above[first:bands] = np.cumsum(sizes[::-1], axis=0)[::-1]
                 if first:  # dense: group 0 has no T row; every prefix of the rows is scanned
                     above[0] = rows
-                start = _scan_start(a, y, above, window, column, half)
+                start = _scan_start(a, y, above, failing, half)
             parts.append(_FailedPairs(window + chunk.start, column, start))
         return _FailedPairs.joined(parts)
 
@@ -528,22 +528,26 @@ class _Int8Bounds:
         return a.reshape(bands, windows, cols), t.reshape(bands, windows, cols), counts
 
 
-def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, window: np.ndarray, column: np.ndarray,
-                half: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, first, last) of the failed pairs (window, column) for `_prefix_scan`, from
-    `_band_test`'s per-band values y (bands, B, cols), A_g (exact integers) and above
-    (bands + 1, B), the number of rows with d > e_g: the scan covers the cycles of the pair's
-    failed bands g_lo .. g_hi (and of any proven band between them), the prefixes of the rows
-    sorted by decreasing duration from first = above[g_hi + 1] rows, whose sum is the current
-    C_g_hi+1 (value: C_bands = 0, C_g = A_g - C_g+1, exact in float64), to last = above[g_lo]."""
-    bands = len(a)
-    failed = y[:, window, column] > half[column]  # (bands, pairs)
+def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, flat: np.ndarray, half: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value, first, last) of the failed pairs (flat indices window * cols + column) for
+    `_prefix_scan`, from `_band_test`'s per-band values y (bands, B, cols), A_g (exact
+    integers) and above (bands + 1, B), the number of rows with d > e_g: the scan covers the
+    cycles of the pair's failed bands g_lo .. g_hi (and of any proven band between them), the
+    prefixes of the rows sorted by decreasing duration from first = above[g_hi + 1] rows, whose
+    sum is the current C_g_hi+1 (value: C_bands = 0, C_g = A_g - C_g+1, exact in float64), to
+    last = above[g_lo]."""
+    bands, _, cols = a.shape
+    window, column = np.divmod(flat, cols)
+    failed = np.take(y.reshape(bands, -1), flat, axis=1) > np.take(half, column)  # (bands, pairs)
     g_lo = np.argmax(failed, axis=0)
     g_hi = bands - 1 - np.argmax(failed[::-1], axis=0)
-    currents = np.zeros((bands + 1, len(window)))  # C_g of the pairs, C_bands = 0
+    currents = np.zeros((bands + 1, len(flat)))  # C_g of the pairs, C_bands = 0
+    currents[:bands] = np.take(a.reshape(bands, -1), flat, axis=1)  # A_g
     for g in range(bands - 1, -1, -1):
-        np.subtract(a[g, window, column], currents[g + 1], out=currents[g])
-    return currents[g_hi + 1, np.arange(len(window))], above[g_hi + 1, window], above[g_lo, window]
+        currents[g] -= currents[g + 1]
+    pair = np.arange(len(flat))
+    return currents[g_hi + 1, pair], above[g_hi + 1, window], above[g_lo, window]
 
 
 @dataclass(frozen=True)
