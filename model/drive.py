@@ -18,6 +18,11 @@ rounding margin, and an exact integer scan of the few (window, column) pairs the
 is an integer below 2**24 (the band test's sums of up to two copies of each term: 2 reach below
 2**24): the scan then starts from the cycle-0 current those sums give exactly, and covers only
 the cycles the bounds did not prove.
+
+With torch installed, batches of windows take these matmuls as exact integer products on int8
+digits instead (`int_gemm`: the charge of 1-phase and 4-phase windows, the current tests'
+`_Int8Bounds`), about four times faster; their tests then need no rounding margin, and every
+count is the same either way (tests/test_model_cco.py runs both paths).
 """
 
 from __future__ import annotations
@@ -294,7 +299,8 @@ class CurrentBounds:
     def int8(self, windows: int) -> _Int8Bounds | None:
         """The operands of the int8 path (`int_gemm`) for `windows` windows, or None where they
         take the float32 path (`SelectedConductance.int8`)."""
-        if self.w.int8(windows) is None:
+        matrix = self.w.int8(windows)
+        if matrix is None or not matrix.exact_for(2):  # left operands in [-2, 2]
             return None
         if self._int8 is None:  # two threads may both build it: the same values
             self._int8 = _Int8Bounds(self, int_gemm.module())
@@ -311,7 +317,8 @@ class CurrentBounds:
         cancel) a band test on every window (`_band_test`, `bands` bands, `_adapt_bands`), then,
         if many pairs are left, an exact scan of their currents in the bands they failed
         (`_prefix_scan`). Each test is a proof on its own, so a pair is listed only if every
-        test failed it.
+        test failed it. The one-sign and band tests run on exact integers where `int8` allows
+        (`_Int8Bounds`), else in float32 with the margins their docs prove.
         """
         w = self.w
         check_exact(w, n_window_cycles)
@@ -412,14 +419,16 @@ class CurrentBounds:
         + T_g) act on values below 4 (a + 1) and 5 (a + 1) and add at most 9 u (a + 1), M's
         rounding 2 u (a + 1): (3.02 R + 24) u (a + 1) in all. `_band_limits` shrinks H by
         (8 R + 32) u (a + 1) and rounds it down to float32: a pair that passes in float32 passes
-        in exact arithmetic.
+        in exact arithmetic. On the int8 path (`_Int8Bounds`) A_g is exact and T_g an upper
+        bound, so the test compares with M and H themselves, and T_0 is a product too.
 
         Scan start. Each band's bound is a proof on its own: a failed pair's currents are inside
         in every band it passed, and `_prefix_scan` need only cover the cycles of its failed
         bands g_lo .. g_hi (`_scan_start`): from C_g_hi+1, the current of the rows with
         d > e_g_hi+1, adding the rows of the next shorter durations until the rows with
-        d > e_g_lo conduct. C_bands = 0 and C_g = A_g - C_g+1 are exact when every partial sum
-        of the float32 matmul is an integer below 2**24 (2 reach < 2**24, `exact32`).
+        d > e_g_lo conduct. C_bands = 0 and C_g = A_g - C_g+1 are exact on the int8 path, and
+        when every partial sum of the float32 matmul is an integer below 2**24 (2 reach < 2**24,
+        `exact32`).
         """
         bands = self.bands
         exact = self.int8(len(d))

@@ -82,3 +82,35 @@ def test_the_switch_turns_the_int8_path_off():
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "None", "False"]
+
+
+@pytest.mark.parametrize("drive", ["1-phase int8", "one polarity to 128", "both signs to 128", "long window"])
+def test_charge_takes_the_int8_path_exactly_where_the_signed_durations_fit(torch, monkeypatch, drive):
+    """integrated_charge: d s in [-128, 127] (1-phase windows of int8 inputs) or its negative
+    (4-phase windows: durations up to 128, one polarity) on the int8 path, anything else (both
+    +128 and -128, or windows longer than 128 cycles) on the float64 path; exact either way."""
+    from pcmhil.model.drive import SelectedConductance, integrated_charge
+
+    monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
+    calls = []
+    product = int_gemm.Int8Matrix.product
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return product(self, *args, **kwargs)
+
+    monkeypatch.setattr(int_gemm.Int8Matrix, "product", counted)
+    rng = np.random.default_rng(len(drive))
+    w_int = rng.integers(-20_000, 20_000, (64, 24))
+    x = rng.integers(-128, 128, (40, 64))
+    d, s = np.abs(x), np.where(x < 0, -1, 1)
+    if drive == "one polarity to 128":
+        d, s = rng.integers(0, 129, (40, 64)), np.ones((40, 64), dtype=np.int64)
+        d[0, 0] = 128
+    elif drive == "both signs to 128":
+        d[0, :2], s[0, :2] = 128, [1, -1]
+    elif drive == "long window":
+        d = rng.integers(0, 1001, (40, 64))
+    charge = integrated_charge(SelectedConductance.of(w_int), d.astype(np.int16), s.astype(np.int8))
+    assert np.array_equal(charge, (d * s) @ w_int)
+    assert bool(calls) == (drive in ("1-phase int8", "one polarity to 128"))
