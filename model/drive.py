@@ -700,23 +700,37 @@ def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: n
 
 def rows_by_duration(d: np.ndarray, s: np.ndarray, durations: bool = True
                      ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The conducting rows of each window by decreasing duration (ties in row order), as
-    (signed, d_sorted), both (B, most conducting rows of a window): signed (int16 up to 16,383
-    rows) indexes the row's term s_i W[i, j] in `signed_terms` (2 rows where a window has no
-    row left, d_sorted 0; d_sorted None without `durations`)."""
+    """The conducting rows of each window by decreasing duration, as (signed, d_sorted), both
+    (B, most conducting rows of a window): signed (int16 up to 16,383 rows) indexes the row's
+    term s_i W[i, j] in `signed_terms` (2 rows where a window has no row left, d_sorted 0;
+    d_sorted None without `durations`). Rows of equal duration come in signed-index order (the
+    positive polarity's rows first, each polarity's in row order); every user sums over whole
+    runs of equal durations, so their order within a run changes no result.
+
+    One sort of (longest - d) << b | signed per row: numpy sorts 32-bit integers with SIMD
+    (x86-simd-sort), twice as fast as the stable radix argsort of the keys alone, and the
+    values carry their rows, which saves argsort's gathers (measured at 990 x 256: 0.27 vs
+    0.50 ms for the sort)."""
     rows = d.shape[1]
     longest = int(d.max(initial=0))
-    # numpy sorts integers of up to 16 bits stably by radix sort: keys in the smallest dtype
-    key = np.subtract(longest, d, dtype=np.min_scalar_type(longest), casting="unsafe")  # 0 <= d <= longest
     conducting = int(np.count_nonzero(d, axis=1).max(initial=0))
-    flat = np.argsort(key, axis=1, kind="stable")[:, :conducting]
-    flat += np.arange(0, d.size, rows)[:, None]
+    shift = (2 * rows).bit_length()  # bits of a signed index (0 .. 2 rows)
+    wide = longest.bit_length() + shift > 32
+    packed_type = np.uint64 if wide else np.uint32
     # each (window, row)'s term index, in one of the narrowest dtype's few passes
     index_type = np.int16 if 2 * rows < 2**15 else np.intp
     signed = np.multiply(s < 0, rows, dtype=index_type)
     signed += np.arange(rows, dtype=index_type)
     np.copyto(signed, 2 * rows, where=d == 0)
-    return signed.ravel()[flat], d.ravel()[flat] if durations else None
+    packed = np.subtract(longest, d, dtype=packed_type, casting="unsafe")  # 0 <= d <= longest
+    packed <<= packed_type(shift)
+    packed |= signed.astype(packed_type)
+    packed.sort(axis=1)
+    packed = packed[:, :conducting]
+    order = (packed & packed_type(2**shift - 1)).astype(index_type)
+    if not durations:
+        return order, None
+    return order, np.subtract(longest, packed >> packed_type(shift), dtype=d.dtype, casting="unsafe")
 
 
 def signed_terms(w_int: np.ndarray, dtype: type = np.int64) -> np.ndarray:
