@@ -48,8 +48,9 @@ PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
 
 
 @pytest.mark.parametrize("mode", ["transaction", "cycle"])
-def test_model_workloads_match_the_twin(mode):
-    """The whole chip: RTL + analog model (both fidelity modes) vs. the twin, code for code."""
+def test_model_workloads_match_the_twin(mode, gemm_path):
+    """The whole chip: RTL + analog model (both fidelity modes) vs. the twin, code for code; the
+    twin's window matmuls on numpy's float path or all on the int8 GEMM (`gemm_path`)."""
     geometry = Geometry(8, 12, 2)
     with open_cosim(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
         for seed in range(4):

@@ -12,9 +12,11 @@ from pcmhil.host.chip import Chip
 from pcmhil.host.equivalence import compare, random_workload, run_workload
 from pcmhil.host.twin import TwinTransport
 from pcmhil.interface import Geometry
+from pcmhil.model import int_gemm
 from pcmhil.model.analog_tile import AnalogSpec
 
 pytestmark = [pytest.mark.cosim, pytest.mark.slow]
+MIN_ROWS = int_gemm.MIN_ROWS
 PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
 #: Geometries drawn once (each one is a Verilator build per mode); workloads per geometry and mode.
 GEOMETRY_SEED, GEOMETRIES, WORKLOADS = 2026, 5, 200
@@ -34,9 +36,13 @@ CASES = [(g, WORKLOADS) for g in random_geometries()] + [(g, EDGE_WORKLOADS) for
 
 @pytest.mark.parametrize("mode", ["transaction", "cycle"])
 @pytest.mark.parametrize(("geometry", "workloads"), CASES, ids=[str(g) for g, _ in CASES])
-def test_thousand_workloads(geometry, workloads, mode):
+def test_thousand_workloads(geometry, workloads, mode, monkeypatch):
+    """With torch installed, every odd workload's twin runs all its window matmuls, however
+    few windows, on the int8 GEMM (model/int_gemm.py), the even ones on numpy's float path."""
+    int8 = int_gemm.warm_up()
     with CosimTransport(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
         for k in range(workloads):
+            monkeypatch.setattr(int_gemm, "MIN_ROWS", 1 if int8 and k % 2 else MIN_ROWS)
             spec = AnalogSpec(kwargs={"preset": PRESETS[k % len(PRESETS)], "seed": k})
             workload = random_workload(geometry, 10_000 + k, n_ops=20)
             cosim.reset(spec)
