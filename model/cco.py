@@ -49,7 +49,7 @@ import numpy as np
 
 from pcmhil.errors import ConfigError
 
-from . import window_worker
+from . import int_gemm, window_worker
 from .checks import check_array, check_int
 from .drive import (
     EXACT_FLOAT_LIMIT,
@@ -401,6 +401,8 @@ class CCO:
         check_exact(w, n)                      # on which rows the batch drives
         w, d, s = _driven_rows(w, d, s)
         w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
+        if len(d) >= int_gemm.MIN_ROWS:
+            int_gemm.for_large_batch()  # torch's int8 GEMM for the matmuls, from the second on
         with single_threaded_blas():
             if len(d) < window_worker.MIN_WINDOWS:
                 return window_counts(self.transfer, self._rng, w, d, s, n, ops)

@@ -506,9 +506,12 @@ class _Int8Bounds:
         counted[:, ceiling.shape[1]] = 1
         self.t = int_gemm.Int8Matrix(torch, counted)
         reach = ceiling.sum(axis=0) << self.shift
-        high = np.minimum(bounds.upper[cols], w.reach[cols])
-        low = np.maximum(bounds.lower[cols], -w.reach[cols])
-        wide = 8 * int(reach.max(initial=0)) >= 2**31
+        # the limits clamped to [-reach - 1, reach + 1] (|I_c| <= reach): the same outcomes, and
+        # limits beyond the range on the wrong side (high < -reach) still fail every pair
+        exact_reach = w.reach[cols]
+        high = np.clip(bounds.upper[cols], -exact_reach - 1, exact_reach)
+        low = np.clip(bounds.lower[cols], -exact_reach, exact_reach + 1)
+        wide = 8 * (int(reach.max(initial=0)) + 1) >= 2**31
         self.dtype = np.int64 if wide else np.int32
         self.mid, self.half = (high + low).astype(self.dtype), (high - low).astype(self.dtype)
         self.start_limit = {1: bounds.upper[cols],

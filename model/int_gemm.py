@@ -5,16 +5,24 @@ An integer matrix W is split once into balanced base-256 digits D_k in [-128, 12
 W = sum_k 256**k D_k (`Int8Matrix`). For an int8 left operand X, X @ W = sum_k 256**k (X @ D_k),
 and each X @ D_k is an int32 accumulation of R terms |x d| <= 128 max|x|: exact while
 R 128 max|x| < 2**31 (`Int8Matrix.exact_for`). Integer arithmetic has no rounding, so the
-products equal the exact values numpy's float path computes, bit for bit, whatever kernel torch
-picks on whatever CPU (AMX, VNNI or a plain loop). Measured on this project's machine
-(`torch._int_mm`, one thread, 1,000 x 256 @ 256 x 256): 0.15-0.2 ms per digit, where numpy
-takes 0.87 ms in float32 and 2.0 ms in float64.
+products equal the exact values numpy's float path computes, bit for bit - provided the kernel
+accumulates exactly. oneDNN's int8 GEMM does on CPUs with VNNI or AMX; on CPUs without them
+(AVX2 or plain AVX-512) it sums pairs of products in saturating 16-bit arithmetic and returns
+wrong values (oneDNN, "Nuances of int8 computations"). So the import checks the kernel on
+operands that saturate such a pairwise sum and on a random full-depth product against numpy's
+int64 result (`_kernel_is_exact`), and any difference leaves every product on numpy's path
+(tests/test_model_int_gemm.py runs that check with oneDNN limited to AVX2). Measured on this
+project's machine (`torch._int_mm`, one thread, 1,000 x 256 @ 256 x 256): 0.15-0.2 ms per digit,
+where numpy takes 0.87 ms in float32 and 2.0 ms in float64.
 
 Torch is optional (the `torch` extra). Where it is missing, disabled (PCMHIL_INT_GEMM=0) or not
-imported yet, callers take numpy's float path with the same results. It is imported in a
-background thread on the first request (`module`), so that no batch waits ~1 s for it: batches
-use it once the import has finished (`warm_up` waits for it, e.g. before a benchmark). The
-window worker process imports it before it reports ready (`window_worker`).
+imported yet, callers take numpy's float path with the same results. It is imported on the
+second large batch of a process (`for_large_batch`: a program that runs one, e.g. `pcmhil mvm`,
+does not pay the ~1 s, as for the window worker), or by `warm_up` (e.g. before a benchmark), in
+the calling thread: an import in a background thread would leave a child forked meanwhile
+unable ever to import torch (its locks held by a thread the child does not have), and a fork
+cannot wait for it either (logging's fork handler holds a lock the import needs). The window
+worker process imports it before it reports ready (`window_worker`).
 """
 
 from __future__ import annotations
@@ -27,60 +35,69 @@ import numpy as np
 _ENV_SWITCH = "PCMHIL_INT_GEMM"
 #: Digit base and the range of a balanced digit.
 _BASE = 256
-_DIGIT_MIN, _DIGIT_MAX = -128, 127
+_DIGIT_MIN = -128
 #: Left operands of at least this many rows take the int8 path: below, torch's per-call cost
 #: (~20 us) exceeds what it saves.
 MIN_ROWS = 64
 
 _lock = threading.Lock()
-_state = {"torch": None, "import": None}
+_state = {"torch": None, "tried": False, "large_batches": 0}
 
 
-def module(start: bool = True):
-    """torch, once imported and usable here; else None (start: begin the import in the
-    background if it has not begun; the caller goes on with numpy meanwhile)."""
-    torch = _state["torch"]
-    if torch is not None or not start:
-        return torch
-    with _lock:
-        if _state["import"] is None and os.environ.get(_ENV_SWITCH, "1") != "0":
-            thread = threading.Thread(target=_import, name="pcmhil-int-gemm-import", daemon=True)
-            _state["import"] = thread
-            thread.start()
+def module():
+    """torch, once imported and found exact here; else None (numpy's path)."""
     return _state["torch"]
 
 
-def warm_up(timeout_s: float = 30.0) -> bool:
-    """Import torch now (if installed and enabled) and wait for it; whether the int8 path is
-    available."""
-    module()
-    thread = _state["import"]
-    if isinstance(thread, threading.Thread):
-        thread.join(timeout_s)
+def for_large_batch() -> None:
+    """Count a batch of at least MIN_ROWS windows; on the process's second, import torch (once;
+    this batch and all later ones then use it if it is there and exact)."""
+    if _state["tried"]:
+        return
+    _state["large_batches"] += 1
+    if _state["large_batches"] >= 2:
+        warm_up()
+
+
+def warm_up() -> bool:
+    """Import torch now (once; if installed and enabled) and check its kernel; whether the
+    int8 path is available."""
+    with _lock:
+        if not _state["tried"]:
+            _state["tried"] = True
+            if os.environ.get(_ENV_SWITCH, "1") != "0":
+                _state["torch"] = _import()
     return _state["torch"] is not None
 
 
-def _import() -> None:
+def _import():
+    """torch if it imports and its int8 GEMM is exact here, else None."""
     try:
         import torch
 
-        # an int8 GEMM with int32 results (CPU since torch 2.2); checked once on small operands
-        probe = torch._int_mm(torch.ones((17, 8), dtype=torch.int8), torch.ones((8, 8), dtype=torch.int8))
-        if probe.dtype != torch.int32 or int(probe[0, 0]) != 8:
-            return
+        return torch if _kernel_is_exact(torch) else None
     except Exception:  # noqa: BLE001 - no torch, or one without the kernel: numpy's path
-        return
-    _state["torch"] = torch
+        return None
 
 
-def _forget_import_in_child() -> None:
-    """A forked child of a process whose import was still running must not import torch (the
-    import's locks may be held by the thread the fork left behind): it stays on numpy."""
-    if _state["torch"] is None and _state["import"] is not None:
-        _state["import"] = False  # as if started: never imported here
-
-
-os.register_at_fork(after_in_child=_forget_import_in_child)
+def _kernel_is_exact(torch) -> bool:
+    """Whether torch's int8 GEMM returns the exact int32 products here: on the operands that
+    make a 16-bit pairwise sum saturate (all 127 and -128 combinations, alternating along the
+    depth, as the extremes of the digits and of the left operands) and on a random product of
+    full depth, each against numpy's int64 result."""
+    extremes = np.full((8, 64), -128, dtype=np.int8)
+    extremes[1::2] = 127
+    extremes[2::4, 1::2] = 127
+    extremes[3::4, 1::3] = -128
+    flipped = -(extremes.T.astype(np.int16) + 1)  # 127 <-> -128
+    rng = np.random.default_rng(2**31 - 1)
+    random = tuple(rng.integers(-128, 128, shape, dtype=np.int8) for shape in ((64, 256), (256, 48)))
+    cases = [(extremes, extremes.T.copy()), (extremes, flipped.astype(np.int8)), random]
+    for left, right in cases:
+        product = torch._int_mm(torch.from_numpy(left), torch.from_numpy(np.ascontiguousarray(right)))
+        if product.dtype != torch.int32 or not np.array_equal(product.numpy(), left.astype(np.int64) @ right):
+            return False
+    return True
 
 
 def digits(w_int: np.ndarray) -> list[np.ndarray]:

@@ -32,9 +32,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=["numpy", "int8"])
 def gemm_path(request, monkeypatch):
     """The window matmuls on numpy's float path, or on torch's int8 GEMM (model/int_gemm.py)
-    for every batch, however small (the `torch` extra; CI installs it)."""
+    for every batch, however small (the `torch` extra; CI installs it); all windows in this
+    process (no window worker, which has its own path)."""
     from pcmhil.model import int_gemm
 
+    monkeypatch.setenv("PCMHIL_WINDOW_WORKER", "0")
     if request.param == "int8":
         if not int_gemm.warm_up():
             pytest.skip("torch (the `torch` extra) is not installed: no int8 GEMM path to test")

@@ -197,13 +197,20 @@ def test_cycle_mode_equals_window_mode_on_every_branch_of_the_window_path(gemm_p
     assert all(count > 0 for count in seen.values()), seen
 
 
+@pytest.mark.parametrize("scan", ["no scan", "scan"])
 @pytest.mark.parametrize("w_max", [40_000, 2**36 + 12345])
 @pytest.mark.parametrize("drive", ["mixed signs", "dense mixed signs", "one sign"])
-def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, drive, gemm_path):
+def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, drive, scan, gemm_path,
+                                                                        monkeypatch):
     """currents_may_leave against the exact per-cycle currents, with limits 1 LSB inside the
     extremes each column reaches (so the float32 rounding margin is what decides), also with
     |W| far above 2**24 (W itself rounded in float32), for each of its tests (band test, the
-    band test of a dense drive, one-sign test): it may list pairs in vain, never miss one."""
+    band test of a dense drive, one-sign test), the band test alone or followed by the exact
+    scan from its starts (for any number of failed pairs): it may list pairs in vain, never
+    miss one."""
+    from pcmhil.model import drive as drive_module
+
+    monkeypatch.setattr(drive_module, "_SCAN_MIN_PAIRS", 0 if scan == "scan" else 10**9)
     rng = np.random.default_rng(w_max % 97 + len(drive))
     rows, cols, n, batch = 64, 24, 32, 300
     w_int = rng.integers(0 if drive == "one sign" else -w_max, w_max, (rows, cols))

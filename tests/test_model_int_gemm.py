@@ -114,3 +114,41 @@ def test_charge_takes_the_int8_path_exactly_where_the_signed_durations_fit(torch
     charge = integrated_charge(SelectedConductance.of(w_int), d.astype(np.int16), s.astype(np.int8))
     assert np.array_equal(charge, (d * s) @ w_int)
     assert bool(calls) == (drive in ("1-phase int8", "one polarity to 128"))
+
+
+def _in_subprocess(code: str, **env) -> str:
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_a_kernel_that_is_not_exact_is_not_used(torch):
+    """oneDNN's int8 GEMM without VNNI (here: limited to AVX2) sums pairs of products in
+    saturating 16-bit arithmetic: the import's check must find that out and keep numpy's path.
+    In each process, whether the path is on must agree with a direct test of the kernel on a
+    product whose pairs saturate 16 bits."""
+    import platform
+
+    code = ("import numpy as np, torch; from pcmhil.model import int_gemm; "
+            "a = np.full((17, 64), 127, np.int8); b = np.full((64, 16), 127, np.int8); "
+            "exact = np.array_equal(torch._int_mm(torch.from_numpy(a), torch.from_numpy(b)).numpy(), "
+            "a.astype(np.int64) @ b); print(exact, int_gemm.warm_up())")
+    exact, used = _in_subprocess(code, ONEDNN_MAX_CPU_ISA="AVX2")
+    assert used == exact
+    if platform.machine() in ("x86_64", "AMD64"):  # oneDNN's x86 kernel saturates without VNNI
+        assert (exact, used) == ("False", "False")
+    exact, used = _in_subprocess(code)
+    assert used == exact
+
+
+def test_torch_is_imported_on_the_second_large_batch(torch):
+    """No import for a program with one large batch (e.g. `pcmhil mvm`); on the second, in the
+    calling thread, so that a process forked afterwards can use torch too."""
+    code = ("import os, sys; from pcmhil.model import int_gemm; "
+            "int_gemm.for_large_batch(); print('torch' in sys.modules, int_gemm.module() is None); "
+            "int_gemm.for_large_batch(); print(int_gemm.module() is not None); pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    import torch; os._exit(0 if torch.ones(1).item() == 1 else 3)\n"
+            "print(os.waitpid(pid, 0)[1] == 0)")
+    assert _in_subprocess(code) == ["False", "True", "True", "True"]
