@@ -20,7 +20,8 @@ from pcmhil.model import int_gemm
 @pytest.fixture
 def torch():
     if not int_gemm.warm_up():
-        pytest.skip("torch (the `torch` extra) is not installed: no int8 GEMM path to test")
+        pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
+                    "is not exact on this CPU (model/int_gemm.py)")
     return int_gemm.module()
 
 
