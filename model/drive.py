@@ -487,7 +487,7 @@ class _Int8Bounds:
     rounding margin. T_g is an upper bound: 2**q times the product of the group indicator with
     ceil(|W| / 2**q), one int8 digit (q the smallest shift that makes it fit; at most 2**q - 1
     above |W| per row), for every group (a product costs less than the dense T_0's sum). Values
-    in int32 where every |A_g - M| + T_g fits (8 reach < 2**31), else int64."""
+    in int32 where every |A_g - M| + T_g fits (8 (reach + 1) < 2**31), else int64."""
 
     def __init__(self, bounds: CurrentBounds, torch):
         w, cols = bounds.w, bounds.cols
