@@ -169,8 +169,8 @@ class SelectedConductance:
 
     def int8(self, windows: int) -> int_gemm.Int8Matrix | None:
         """The matrix as int8 digits for products with the left operands of `windows` windows
-        (`int_gemm`), or None where these take numpy's float path (a few windows, or torch not
-        available, e.g. while it is still being imported)."""
+        (`int_gemm`), or None where these take numpy's float path (a few windows, or no exact
+        int8 GEMM: torch missing, not imported yet, or an inexact kernel)."""
         if windows < int_gemm.MIN_ROWS or not self.w_int.size or (torch := int_gemm.module()) is None:
             return None
         matrix = self._derived.get("int8")
@@ -242,12 +242,13 @@ def integrated_charge(w: SelectedConductance, d: np.ndarray, s: np.ndarray,
         if matrix is not None and matrix.exact_for(128):
             v = np.multiply(d[chunk], s[chunk], dtype=np.int16 if d.dtype.itemsize <= 2 else np.int64)
             low, high = int(v.min()), int(v.max())
-            flip = -1 if high > 127 and low >= -127 else 1
-            if -128 <= flip * low <= 127 and -128 <= flip * high <= 127:
-                if flip < 0:
-                    np.negative(v, out=v)
+            flip = high > 127 and low >= -127  # 4-phase windows: d up to 128, s = +1
+            if flip:
+                low, high = -high, -low
+                np.negative(v, out=v)
+            if low >= -128 and high <= 127:
                 matrix.product(v.astype(np.int8), out=charge[chunk])
-                if flip < 0:
+                if flip:
                     np.negative(charge[chunk], out=charge[chunk])
                 continue
         np.matmul(np.multiply(d[chunk], s[chunk], dtype=np.float64), w.w, out=charge[chunk])
