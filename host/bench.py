@@ -24,7 +24,7 @@ from pcmhil.host.backends import open_transport
 from pcmhil.host.chip import Chip
 from pcmhil.host.random_mvm import GAIN, SHIFT
 from pcmhil.interface import WINDOW_RESET, Geometry
-from pcmhil.model import int_gemm, window_worker
+from pcmhil.model import int_gemm, kernels, window_worker
 from pcmhil.model.analog_tile import AnalogSpec
 from pcmhil.model.checks import check_int
 
@@ -87,6 +87,7 @@ def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str
     twin.mvm(0, x[:10])  # warm up (cached conductance matrices)
     worker = window_worker.warm_up(batch)  # the second process of large batches (model/window_worker.py)
     int8 = int_gemm.warm_up()  # torch's int8 GEMM for the window matmuls (model/int_gemm.py), if installed
+    compiled = kernels.warm_up()  # the windows' per-pair loops compiled (model/kernels.py)
     runs = []
     for _ in range(repeats):
         model_before, start = analog.busy_s, time.perf_counter()
@@ -102,7 +103,7 @@ def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str
         matmul_runs.append(time.perf_counter() - start)
     matmul_s = float(np.median(matmul_runs))
     return {"mvm_per_s": batch / twin_s, "float_matmul_mvm_per_s": batch / matmul_s, "window_worker": worker,
-            "int8_gemm": int8,
+            "int8_gemm": int8, "compiled_kernels": compiled,
             "breakdown_s": {"analog_model": float(model_s), "twin_and_driver": float(twin_s - model_s)}}
 
 
@@ -129,6 +130,7 @@ def bench_cosim(rows: int = 256, cols: int = 256, count: int = 300, cycle_count:
         "twin_mvm_per_s": round(twin_rate, 1), "float_matmul_mvm_per_s": round(float_rate, 1),
         "twin_clipped_normal_weights_mvm_per_s": round(twin_dnn["mvm_per_s"], 1),
         "twin_window_worker": twin["window_worker"], "twin_int8_gemm": twin["int8_gemm"],
+        "twin_compiled_kernels": twin["compiled_kernels"],
         "ratios": {
             "transaction_vs_ceiling": round(transaction["mvm_per_s"] / transaction["ceiling_mvm_per_s"], 4),
             "cycle_vs_transaction": round(cycle["mvm_per_s"] / transaction["mvm_per_s"], 4),

@@ -49,7 +49,7 @@ import numpy as np
 
 from pcmhil.errors import ConfigError
 
-from . import int_gemm, window_worker
+from . import int_gemm, kernels, window_worker
 from .checks import check_array, check_int
 from .drive import (
     EXACT_FLOAT_LIMIT,
@@ -311,6 +311,11 @@ class CcoTransfer:
         offset. Cost: O(rows) per pair.
         """
         terms = signed_terms(w_int) if terms is None else terms
+        if (compiled := kernels.module()) is not None:  # the same sums compiled, a pair at a time
+            total = np.empty(len(window), dtype=np.int64)
+            compiled.exact_pairs(terms.reshape(w_int.shape[1], -1), d, s, window, column, n_window_cycles,
+                                 self.offset, self.gain, self.fmax, total)
+            return total
         if len(d) > 1:  # the windows with pairs (np.unique: ~10 us, a third of one window's sums)
             windows, window = np.unique(window, return_inverse=True)
             d, s = d[windows], s[windows]
@@ -401,8 +406,9 @@ class CCO:
         check_exact(w, n)                      # on which rows the batch drives
         w, d, s = _driven_rows(w, d, s)
         w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
-        if len(d) >= int_gemm.MIN_ROWS:
-            int_gemm.for_large_batch()  # torch's int8 GEMM for the matmuls, from the second on
+        if len(d) >= int_gemm.MIN_ROWS:  # from the second on: torch's int8 GEMM for the matmuls,
+            int_gemm.for_large_batch()  # the pairs' scans and exact sums compiled
+            kernels.for_large_batch()
         with single_threaded_blas():
             if len(d) < window_worker.MIN_WINDOWS:
                 return window_counts(self.transfer, self._rng, w, d, s, n, ops)

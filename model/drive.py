@@ -37,7 +37,7 @@ from threadpoolctl import ThreadpoolController
 
 from pcmhil.errors import ConfigError
 
-from . import int_gemm
+from . import int_gemm, kernels
 from .checks import check_array, check_choice, check_int, check_within
 
 SELECTS = ("differential", "plus", "minus")
@@ -331,9 +331,16 @@ class CurrentBounds:
             window, column = np.divmod(np.flatnonzero(failed), failed.shape[1]) if failed.any() else _NO_PAIRS
             return window, self.cols[column]
         dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
-        failed = self._band_test(d, s, n_window_cycles, dense)
+        compiled = kernels.module()
+        failed = self._band_test(d, s, n_window_cycles, dense, compiled is not None)
         self._adapt_bands(len(d), len(failed.window))
         column = failed.column if self.all_cols else self.cols[failed.column]
+        if compiled is not None and len(failed.window):  # the scan compiled: for any number of pairs
+            start = failed.start or _full_scan(len(failed.window), w.rows)
+            leaves = np.empty(len(failed.window), dtype=np.bool_)
+            compiled.scan_pairs(w.terms.reshape(w.cols, -1), d, s, failed.window, column,
+                                start[0].astype(np.int64), start[1], start[2], self.lower, self.upper, leaves)
+            return failed.window[leaves], column[leaves]
         if len(failed.window) < _SCAN_MIN_PAIRS:
             return failed.window, column
         inside = _prefix_scan(w, d, s, failed.window, column, self.lower, self.upper, failed.start,
@@ -392,7 +399,8 @@ class CurrentBounds:
         passed &= self.zero_inside
         return passed
 
-    def _band_test(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, dense: bool) -> _FailedPairs:
+    def _band_test(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, dense: bool,
+                   any_scan: bool = False) -> _FailedPairs:
         """The (window, column) pairs (columns: positions in `cols`) whose band bound does not
         prove lower <= I_c <= upper for every c, with where an exact scan of each can start.
 
@@ -434,7 +442,7 @@ class CurrentBounds:
         bands = self.bands
         exact = self.int8(len(d))
         first = 1 if dense and exact is None else 0
-        with_start = (exact is not None or self.exact32) and len(d) * len(self.cols) >= _SCAN_MIN_PAIRS
+        with_start = (exact is not None or self.exact32) and (any_scan or len(d) * len(self.cols) >= _SCAN_MIN_PAIRS)
         rows = self.w.rows
         mid, half = (self.mid, self.half) if exact is None else (exact.mid, exact.half)
         parts = []
@@ -583,6 +591,11 @@ class _FailedPairs:
 
 
 _NO_PAIRS = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
+
+
+def _full_scan(pairs: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scan start (value, first, last) of `_prefix_scan` that covers every cycle."""
+    return np.zeros(pairs, dtype=np.int64), np.zeros(pairs, dtype=np.intp), np.full(pairs, rows, dtype=np.intp)
 
 
 def terms_sign(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> int:

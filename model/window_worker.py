@@ -351,7 +351,7 @@ atexit.register(_close_at_exit)
 
 def _serve(requests, replies) -> None:
     """Answer framed requests until end of input."""
-    from . import int_gemm
+    from . import int_gemm, kernels
     from .cco import CcoTransfer, window_counts
     from .drive import SelectedConductance, single_threaded_blas
     from .keyed_rng import KeyedRng
@@ -364,7 +364,8 @@ def _serve(requests, replies) -> None:
     matrices: OrderedDict[int, SelectedConductance] = OrderedDict()
     transfers: dict[bytes, CcoTransfer] = {}
     rngs: dict[tuple[int, int], KeyedRng] = {}
-    int_gemm.warm_up()  # torch's import (~1 s) before the first request, not within its deadline
+    int_gemm.warm_up()  # torch's import (~1 s) and the compiled kernels (~0.5 s, the first time ~5 s)
+    kernels.warm_up()  # before the first request, not within its deadline
     reply(("ready", _FINGERPRINT))
     while True:
         header = requests.read(_HEADER.size)

@@ -1,0 +1,200 @@
+"""Compiled per-pair loops of the window path (numba), when numba is installed: the exact scans
+and sums of the (window, column) pairs the current bounds leave open (drive.py, cco.py).
+
+These loops walk one column's terms s_i W[i, j] over a window's rows sorted by decreasing
+duration: the currents of the window's cycles are the prefix sums at the ends of the runs of
+equal durations (docs/numerics.md section 9). numpy does them as a few operations per sorted
+position over all pairs at once (`drive._prefix_scan`, `CcoTransfer.exact_advance`), which
+gathers and stores every prefix sum; compiled, each pair is a loop over its rows in registers.
+Both compute the same integers (int64 throughout, no rounding), so every count is the same
+either way; tests/test_model_kernels.py compares them on random drives, and the equivalence
+tests run the twin on both paths.
+
+Numba is optional (it is a dependency, but `PCMHIL_JIT=0` turns it off, and an import that
+fails leaves numpy's path). Like torch's import (`int_gemm`), it happens on a process's second
+large batch (`for_large_batch`) or by `warm_up`, in the calling thread: its compiled code is
+cached on disk (numba's `cache=True`, in `__pycache__` beside this file), so the first process
+on a machine compiles (~5 s) and later ones load it (~0.5 s with numba's import). Before it is
+used, each kernel is checked on a small random case against numpy's path (`_self_check`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+
+_ENV_SWITCH = "PCMHIL_JIT"
+#: Durations up to this many cycles are sorted by counting (O(rows + longest) per window); a
+#: window with longer ones (a long VERIFY_ROW window) by a merge sort.
+_COUNTING_SORT_MAX = 4096
+
+_lock = threading.Lock()
+_state = {"kernels": None, "tried": False, "large_batches": 0}
+
+
+def module():
+    """The compiled kernels (`scan_pairs`, `exact_pairs`), once loaded and checked; else None."""
+    return _state["kernels"]
+
+
+def for_large_batch() -> None:
+    """Count a batch of many windows; on the process's second, load the kernels (once)."""
+    if _state["tried"]:
+        return
+    _state["large_batches"] += 1
+    if _state["large_batches"] >= 2:
+        warm_up()
+
+
+def warm_up() -> bool:
+    """Load (compile or read from the cache) and check the kernels now, once; whether they are
+    available."""
+    with _lock:
+        if not _state["tried"]:
+            _state["tried"] = True
+            if os.environ.get(_ENV_SWITCH, "1") != "0":
+                _state["kernels"] = _load()
+    return _state["kernels"] is not None
+
+
+def _load():
+    try:
+        import numba
+    except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
+        return None
+    global _sorted_rows  # noqa: PLW0603 - numba resolves the kernels' callee by name when compiling
+    jit = numba.njit(nogil=True, cache=True)
+    _sorted_rows = jit(_sorted_rows)
+    kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs))
+    return kernels if _self_check(kernels) else None
+
+
+def _self_check(kernels) -> bool:
+    """The kernels against the contract computed cycle by cycle (every current I_c as a
+    matrix product) on small random drives of both polarities. Their durations are distinct
+    (one may be 0), so every prefix sum the scan tests is the current of a cycle: it must flag
+    exactly the pairs whose currents leave the limits."""
+    rng = np.random.default_rng(12345)
+    rows, cols, windows = 9, 5, 4
+    w = rng.integers(-50, 51, (rows, cols))
+    terms = _terms(w)
+    d = np.array([rng.permutation(rows + 1)[:rows] for _ in range(windows)], dtype=np.int16)
+    s = rng.choice(np.array([-1, 1], dtype=np.int8), (windows, rows))
+    window = np.repeat(np.arange(windows), cols)
+    column = np.tile(np.arange(cols), windows)
+    pairs = len(window)
+    value, first, last = np.zeros(pairs, np.int64), np.zeros(pairs, np.intp), np.full(pairs, rows, np.intp)
+    lower, upper = np.full(cols, -60, np.int64), np.full(cols, 70, np.int64)
+    offset, gain = rng.integers(0, 100, cols), rng.integers(1, 5, cols)
+    n, fmax = rows + 2, 400
+    out_scan, out_exact = np.empty(pairs, np.bool_), np.empty(pairs, np.int64)
+    try:
+        kernels.scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, out_scan)
+        kernels.exact_pairs(terms, d, s, window, column, n, offset, gain, fmax, out_exact)
+    except Exception:  # noqa: BLE001 - a kernel that does not compile: numpy's path
+        return False
+    cycles = np.arange(n)
+    currents = np.einsum("bci,ij->bcj", (d[:, None, :] > cycles[:, None]) * s[:, None, :], w)  # (B, n, C)
+    expect_scan = ((currents < lower) | (currents > upper)).any(axis=1).ravel()
+    expect_exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()
+    return bool(np.array_equal(out_scan, expect_scan) and np.array_equal(out_exact, expect_exact))
+
+
+def _terms(w_int: np.ndarray) -> np.ndarray:
+    """The (cols, 2 rows + 1) int64 table of `drive.signed_terms`."""
+    rows, cols = w_int.shape
+    return np.concatenate([w_int.T, -w_int.T, np.zeros((cols, 1), w_int.dtype)], axis=1).astype(np.int64)
+
+
+# ---- the loops (plain Python; compiled by `_load`) ----------------------------------------------
+
+
+def _sorted_rows(d, s, b, order, durations):
+    """Window b's conducting rows by decreasing duration into order[:count] (signed term index:
+    row, or rows + row for negative polarity) and their durations into durations[:count], with
+    durations[count] = 0; returns count. Order within a run of equal durations is arbitrary."""
+    rows = d.shape[1]
+    longest = 0
+    count = 0
+    for i in range(rows):
+        if d[b, i] > 0:
+            count += 1
+            if d[b, i] > longest:
+                longest = d[b, i]
+    if longest <= _COUNTING_SORT_MAX:
+        starts = np.zeros(longest + 2, np.int64)  # starts[v]: first position of duration v
+        for i in range(rows):
+            starts[d[b, i]] += 1
+        position = 0
+        for v in range(longest, 0, -1):
+            n = starts[v]
+            starts[v] = position
+            position += n
+        for i in range(rows):
+            v = d[b, i]
+            if v > 0:
+                order[starts[v]] = i + rows if s[b, i] < 0 else i
+                durations[starts[v]] = v
+                starts[v] += 1
+    else:
+        by_duration = np.argsort(-d[b].astype(np.int64), kind="mergesort")
+        for p in range(count):
+            i = by_duration[p]
+            order[p] = i + rows if s[b, i] < 0 else i
+            durations[p] = d[b, i]
+    durations[count] = 0
+    return count
+
+
+def _scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, out):
+    """out[p]: whether pair p's current (window[p], column[p]; pairs grouped by window) may
+    leave [lower, upper] of its column in a cycle whose rows are a prefix of first[p] + 1 ..
+    last[p] rows of the sorted order, starting from value[p], the sum of the first first[p]
+    (a run boundary, as `drive._prefix_scan`'s start; value itself is tested too). Like
+    `drive._prefix_scan`, every prefix sum is tested, also those inside a run of equal
+    durations (the current of no cycle): a branch per run end would be mispredicted about
+    every other row and cost more than the few pairs it would spare the exact sums."""
+    rows = d.shape[1]
+    order = np.empty(rows, np.int64)
+    durations = np.empty(rows + 1, np.int64)
+    current_window = -1
+    count = 0
+    for p in range(len(window)):
+        b = window[p]
+        if b != current_window:
+            count = _sorted_rows(d, s, b, order, durations)
+            current_window = b
+        j = column[p]
+        current = value[p]
+        highest = lowest = current
+        for k in range(first[p], min(last[p], count)):
+            current += terms[j, order[k]]
+            highest = max(highest, current)
+            lowest = min(lowest, current)
+        out[p] = lowest < lower[j] or highest > upper[j]
+
+
+def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fmax, out):
+    """out[p] = sum over the window's cycles of clip(offset + gain I_c, 0, fmax) for pair p
+    (window[p], column[p]; grouped by window): `CcoTransfer.exact_advance`'s sum."""
+    rows = d.shape[1]
+    order = np.empty(rows, np.int64)
+    durations = np.empty(rows + 1, np.int64)
+    current_window = -1
+    count = 0
+    for p in range(len(window)):
+        b = window[p]
+        if b != current_window:
+            count = _sorted_rows(d, s, b, order, durations)
+            current_window = b
+        j = column[p]
+        current = 0
+        total = (n_window_cycles - durations[0]) * offset[j]  # after the longest duration
+        for k in range(count):
+            current += terms[j, order[k]]
+            # 0 cycles inside a run of equal durations (no branch: see _scan_pairs)
+            total += min(max(offset[j] + gain[j] * current, 0), fmax) * (durations[k] - durations[k + 1])
+        out[p] = total
