@@ -65,7 +65,7 @@ from .drive import (
     single_threaded_blas,
     terms_sign,
 )
-from .keyed_rng import KeyedRng, Stream, normal_of_bits
+from .keyed_rng import KeyedRng, Stream, normal_of_bits, splitmix64
 from .presets import CcoPreset
 
 #: Phase units per pulse.
@@ -164,16 +164,20 @@ class CcoTransfer:
         """S0 Nl(max(phase, 0)) / 2**32 as a new float64 array (>= 0), with the same IEEE
         operations as S0 * (C - K * v * v), v = knee - min(u, knee)."""
         u = np.maximum(phase, 0, dtype=np.float64)
-        scale = 1.0 / PHASE_PER_PULSE
         if self.knee > 0:
             k = 0.5 / self.knee
             v = np.subtract(self.knee, np.minimum(u, self.knee, out=u), out=u)
             kv2 = np.multiply(v, v, out=u)
             kv2 *= k
             u = np.subtract(k * (self.knee * self.knee), kv2, out=u)
-            scale *= _SLOPE_MARGIN  # (x S0) 2**-32 in one product: scaling by 2**-32 is exact
-        u *= scale
+        u *= self._pulse_scale
         return u  # C >= K v v and rounding is monotone: u >= 0
+
+    @property
+    def _pulse_scale(self) -> float:
+        """The last factor of `_pulses_real`: 2**-32, times S0 with the nonlinearity (in one
+        product: scaling by 2**-32 is exact)."""
+        return (_SLOPE_MARGIN if self.knee > 0 else 1.0) / PHASE_PER_PULSE
 
     def initial_phase(self, rng: KeyedRng, op_indices: np.ndarray) -> np.ndarray:
         """phi_0 (len(op_indices), cols) as float64 holding integers: half a pulse plus keyed
@@ -207,8 +211,23 @@ class CcoTransfer:
             phase = self.initial_phase(rng, op_indices)
             phase += advance
             return self.cumulative_pulses(phase)
-        bits = rng.bits(Stream.CCO_OUTPUT, op_indices, len(self.gain))
         lowest, reach = self._phase_brackets
+        if (compiled := kernels.module()) is not None:  # the same steps compiled, an element at a time
+            per_op, per_lane = rng.keys(Stream.CCO_OUTPUT, op_indices, len(self.gain))
+            counts = np.empty(advance.shape, dtype=np.int64)
+            open_ = np.empty(advance.shape, dtype=np.bool_)
+            knee, k = self.knee, 0.5 / self.knee if self.knee > 0 else 0.0
+            compiled.bracketed_counts(per_op, per_lane, 64 - _NOISE_BIN_BITS, lowest, reach, advance, knee, k,
+                                      k * (knee * knee), self._pulse_scale, counts, open_)
+            if open_.any():
+                open_ = np.flatnonzero(open_)
+                window, column = np.divmod(open_, advance.shape[1])
+                bits = splitmix64(per_op[window] ^ per_lane[column])
+                phase = self._phase_of(normal_of_bits(bits))
+                phase += advance.ravel()[open_]
+                counts.ravel()[open_] = self.cumulative_pulses(phase)
+            return counts
+        bits = rng.bits(Stream.CCO_OUTPUT, op_indices, len(self.gain))
         bins = np.right_shift(bits, np.uint64(64 - _NOISE_BIN_BITS)).view(np.int64)
         low = np.take(lowest, bins, mode="clip")
         low += advance

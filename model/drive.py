@@ -332,7 +332,7 @@ class CurrentBounds:
             return window, self.cols[column]
         dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
         compiled = kernels.module()
-        failed = self._band_test(d, s, n_window_cycles, dense, compiled is not None)
+        failed = self._band_test(d, s, n_window_cycles, dense, compiled)
         self._adapt_bands(len(d), len(failed.window))
         column = failed.column if self.all_cols else self.cols[failed.column]
         if compiled is not None and len(failed.window):  # the scan compiled: for any number of pairs
@@ -400,7 +400,7 @@ class CurrentBounds:
         return passed
 
     def _band_test(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, dense: bool,
-                   any_scan: bool = False) -> _FailedPairs:
+                   compiled=None) -> _FailedPairs:
         """The (window, column) pairs (columns: positions in `cols`) whose band bound does not
         prove lower <= I_c <= upper for every c, with where an exact scan of each can start.
 
@@ -442,11 +442,16 @@ class CurrentBounds:
         bands = self.bands
         exact = self.int8(len(d))
         first = 1 if dense and exact is None else 0
-        with_start = (exact is not None or self.exact32) and (any_scan or len(d) * len(self.cols) >= _SCAN_MIN_PAIRS)
+        scanned = compiled is not None or len(d) * len(self.cols) >= _SCAN_MIN_PAIRS
+        with_start = (exact is not None or self.exact32) and scanned
         rows = self.w.rows
         mid, half = (self.mid, self.half) if exact is None else (exact.mid, exact.half)
         parts = []
         for chunk in _window_chunks(len(d), bands * rows, _BAND_CHUNK_ELEMENTS):
+            if exact is not None and compiled is not None:
+                failed = exact.failures(d[chunk], s[chunk], bands, n_window_cycles, compiled)
+                parts.append(_FailedPairs(failed.window + chunk.start, failed.column, failed.start))
+                continue
             if exact is None:
                 index = np.multiply(d[chunk], s[chunk], dtype=np.intp)
                 index += n_window_cycles  # row of the tables: signed duration + n
@@ -548,6 +553,23 @@ class _Int8Bounds:
         counts = part[:, cols].reshape(bands, windows)
         return a.reshape(bands, windows, cols), t.reshape(bands, windows, cols), counts
 
+    def failures(self, d: np.ndarray, s: np.ndarray, bands: int, n_window_cycles: int, compiled
+                 ) -> _FailedPairs:
+        """`CurrentBounds._band_test` on the drive (d, s) with its elementwise steps compiled
+        (`kernels`): the left operands built and the products' digits combined, tested and the
+        failed pairs' scan starts taken in two loops, instead of some 30 numpy passes over
+        (bands, windows, cols) arrays."""
+        edges = _band_edges_to_end(bands, n_window_cycles)
+        windows, rows = d.shape
+        left = np.empty((2 * bands, windows, rows), dtype=np.int8)
+        compiled.band_operands(d, s, edges, left)
+        a = self.a.digit_products(left[:bands].reshape(bands * windows, rows))
+        part = self.t.product(left[bands:].reshape(bands * windows, rows), np.int32)  # one digit
+        sizes = part[:, len(self.mid)].reshape(bands, windows)
+        window, column, *start = compiled.band_failures(a, part, sizes, self.shift, self.mid, self.half,
+                                                        bands)
+        return _FailedPairs(window, column, tuple(start))
+
 
 def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, flat: np.ndarray, half: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -595,7 +617,8 @@ _NO_PAIRS = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
 
 def _full_scan(pairs: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The scan start (value, first, last) of `_prefix_scan` that covers every cycle."""
-    return np.zeros(pairs, dtype=np.int64), np.zeros(pairs, dtype=np.intp), np.full(pairs, rows, dtype=np.intp)
+    return (np.zeros(pairs, dtype=np.int64), np.zeros(pairs, dtype=np.intp),
+            np.full(pairs, rows, dtype=np.intp))
 
 
 def terms_sign(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> int:
@@ -642,11 +665,19 @@ def _band_edges(bands: int, n_window_cycles: int) -> np.ndarray:
 
 
 @cache
+def _band_edges_to_end(bands: int, n_window_cycles: int) -> np.ndarray:
+    """`_band_edges` and e_bands = n (read-only, shared)."""
+    edges = np.append(_band_edges(bands, n_window_cycles), n_window_cycles)
+    edges.flags.writeable = False
+    return edges
+
+
+@cache
 def _band_tables(bands: int, n_window_cycles: int) -> tuple[np.ndarray, np.ndarray]:
     """The left operands of `_band_test` per signed duration v = d s (index v + n, float32
     (bands, 2 n + 1), read-only, shared): A_g's s ([d > e_g] + [d > e_g+1]) and T_g's group
     indicator [e_g < d <= e_g+1] (e_bands = n)."""
-    edges = np.append(_band_edges(bands, n_window_cycles), n_window_cycles)
+    edges = _band_edges_to_end(bands, n_window_cycles)
     v = np.arange(-n_window_cycles, n_window_cycles + 1)
     on = np.abs(v) > edges[:, None]  # (bands + 1, 2 n + 1): row conducts at the band's start
     table_a = (np.sign(v) * (on[:-1].astype(np.int64) + on[1:])).astype(np.float32)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -132,12 +133,7 @@ class Int8Matrix:
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(left))
         top = len(self._digits) - 1
-        # one thread, as BLAS for the windows (drive.single_threaded_blas): torch's setting is
-        # the calling thread's (OpenMP), so it is set here, in whichever thread calls (~0.5 us)
-        threads = torch.get_num_threads()
-        if threads != 1:
-            torch.set_num_threads(1)
-        try:
+        with _one_thread(torch):
             for k in range(top, -1, -1):  # Horner: ((X D_top) 256 + X D_top-1) 256 + ...
                 part = torch._int_mm(x, self._digits[k]).numpy()
                 if k == top:
@@ -148,7 +144,31 @@ class Int8Matrix:
                 else:
                     out *= _BASE
                     out += part
-        finally:
-            if threads != 1:
-                torch.set_num_threads(threads)
         return out
+
+    def digit_products(self, left: np.ndarray) -> np.ndarray:
+        """The products of an int8 (M, rows) left operand with each digit, lowest first, as
+        int32 (digits, M, cols): left @ W = sum_k 256**k [k], for a caller that combines them
+        itself (`kernels`)."""
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(left))
+        out = np.empty((len(self._digits), len(left), self.cols), dtype=np.int32)
+        with _one_thread(torch):
+            for k, digit in enumerate(self._digits):
+                torch._int_mm(x, digit, out=torch.from_numpy(out[k]))
+        return out
+
+
+@contextmanager
+def _one_thread(torch):
+    """torch on one thread, as BLAS for the windows (drive.single_threaded_blas): torch's
+    setting is the calling thread's (OpenMP), so it is set here, in whichever thread calls
+    (~0.5 us)."""
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)

@@ -65,10 +65,12 @@ def _load():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows  # noqa: PLW0603 - numba resolves the kernels' callee by name when compiling
+    global _sorted_rows, _grown  # noqa: PLW0603 - numba resolves the kernels' callee by name when compiling
     jit = numba.njit(nogil=True, cache=True)
-    _sorted_rows = jit(_sorted_rows)
-    kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs))
+    _sorted_rows, _grown = jit(_sorted_rows), jit(_grown)
+    kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
+                              band_operands=jit(_band_operands), band_failures=jit(_band_failures),
+                              bracketed_counts=jit(_bracketed_counts))
     return kernels if _self_check(kernels) else None
 
 
@@ -198,3 +200,129 @@ def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fma
             # 0 cycles inside a run of equal durations (no branch: see _scan_pairs)
             total += min(max(offset[j] + gain[j] * current, 0), fmax) * (durations[k] - durations[k + 1])
         out[p] = total
+
+
+def _band_operands(d, s, edges, left):
+    """The int8 left operands of the band test (`drive._Int8Bounds.bands`) in one pass:
+    left[g] = s ([d > e_g] + [d > e_g+1]) (A_g) and left[bands + g] = [e_g < d <= e_g+1] (T_g),
+    (2 bands, windows, rows), with e_bands = n (no row conducts beyond the window)."""
+    bands = len(edges) - 1
+    windows, rows = d.shape
+    for b in range(windows):
+        for g in range(bands):
+            low, high = edges[g], edges[g + 1]
+            for i in range(rows):
+                v = d[b, i]
+                on, next_on = np.int8(v > low), np.int8(v > high)
+                left[g, b, i] = (on + next_on) * s[b, i]
+                left[bands + g, b, i] = on - next_on
+
+
+def _band_failures(a, t, sizes, shift, mid, half, bands):
+    """The band test's verdicts (`drive.CurrentBounds._band_test`) from its exact products:
+    a (digits, bands windows, cols) int32, the products of A_g's operands with W's base-256
+    digits (lowest first; A_g = sum_k 256**k a[k]); t (bands windows, >= cols) int32, T_g's
+    bound before the shift (t << shift); sizes (bands, windows), the row counts of the groups.
+    Returns the failed pairs (window, column) and their scan starts (value, first, last), as
+    `drive._scan_start`."""
+    digits, flat, cols = a.shape
+    windows = flat // bands
+    worst = np.empty(cols, np.int64)
+    above = np.zeros(bands + 1, np.int64)
+    found = 0
+    window_out = np.empty(64, np.int64)
+    column_out = np.empty(64, np.int64)
+    value_out = np.empty(64, np.int64)
+    first_out = np.empty(64, np.int64)
+    last_out = np.empty(64, np.int64)
+    currents = np.empty(bands + 1, np.int64)
+    for b in range(windows):
+        for j in range(cols):
+            worst[j] = 0
+        for g in range(bands):
+            row = g * windows + b
+            # one loop per digit count (a loop over the digits inside would not vectorise)
+            if digits == 1:
+                for j in range(cols):
+                    y = abs(np.int64(a[0, row, j]) - mid[j]) + (np.int64(t[row, j]) << shift)
+                    worst[j] = max(worst[j], y)
+            elif digits == 2:
+                for j in range(cols):
+                    value = np.int64(a[1, row, j]) * 256 + a[0, row, j]
+                    y = abs(value - mid[j]) + (np.int64(t[row, j]) << shift)
+                    worst[j] = max(worst[j], y)
+            else:
+                for j in range(cols):
+                    value = np.int64(a[digits - 1, row, j])
+                    for k in range(digits - 2, -1, -1):
+                        value = value * 256 + a[k, row, j]
+                    y = abs(value - mid[j]) + (np.int64(t[row, j]) << shift)
+                    worst[j] = max(worst[j], y)
+        for g in range(bands - 1, -1, -1):
+            above[g] = above[g + 1] + sizes[g, b]
+        for j in range(cols):
+            if worst[j] <= half[j]:
+                continue
+            # the failed bands g_lo .. g_hi and the current C_g_hi+1 (C_bands = 0, C_g = A_g - C_g+1)
+            g_lo, g_hi = bands, -1
+            currents[bands] = 0
+            for g in range(bands - 1, -1, -1):
+                row = g * windows + b
+                value = np.int64(a[digits - 1, row, j])
+                for k in range(digits - 2, -1, -1):
+                    value = value * 256 + a[k, row, j]
+                if abs(value - mid[j]) + (np.int64(t[row, j]) << shift) > half[j]:
+                    g_lo = g
+                    if g_hi < 0:
+                        g_hi = g
+                currents[g] = value - currents[g + 1]
+            if found == len(window_out):
+                window_out = _grown(window_out)
+                column_out = _grown(column_out)
+                value_out = _grown(value_out)
+                first_out = _grown(first_out)
+                last_out = _grown(last_out)
+            window_out[found] = b
+            column_out[found] = j
+            value_out[found] = currents[g_hi + 1]
+            first_out[found] = above[g_hi + 1]
+            last_out[found] = above[g_lo]
+            found += 1
+    return window_out[:found], column_out[:found], value_out[:found], first_out[:found], last_out[:found]
+
+
+def _grown(array):
+    """A copy of array with twice the length (the first len(array) values kept)."""
+    grown = np.empty(2 * len(array), array.dtype)
+    grown[:len(array)] = array
+    return grown
+
+
+def _bracketed_counts(per_op, per_lane, bin_shift, lowest, reach, advance, knee, k, kc, scale, counts, open_):
+    """`cco.CcoTransfer.counts_after`'s bracketed counts: for window b and column j, the hash
+    splitmix64(per_op[b] ^ per_lane[j]) (`keyed_rng.KeyedRng.bits`), its bin (the hash's top
+    64 - bin_shift bits)'s lowest phase
+    plus the advance, pulses by the same IEEE operations as `CcoTransfer._pulses_real` (knee,
+    k = 1 / (2 knee), kc = k knee**2 and scale as it computes them; no fused multiply-add:
+    numba contracts nothing without fastmath), the count truncated, and open_ where the count
+    at the bin's high end may be higher (those take the caller's exact path)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    s30, s27, s31, to_bin = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(bin_shift)
+    windows, cols = advance.shape
+    for b in range(windows):
+        key = per_op[b]
+        for j in range(cols):
+            z = (key ^ per_lane[j]) + golden
+            z = (z ^ (z >> s30)) * m1
+            z = (z ^ (z >> s27)) * m2
+            z = z ^ (z >> s31)
+            bin_ = np.int64(z >> to_bin)
+            u = max(lowest[bin_] + advance[b, j], 0.0)
+            if knee > 0:
+                v = knee - min(u, knee)
+                u = kc - v * v * k
+            u *= scale
+            count = np.int64(u)
+            counts[b, j] = count
+            open_[b, j] = u + reach[bin_] >= np.float64(count + 1)

@@ -99,9 +99,14 @@ class KeyedRng:
         """The uint64 hashes behind `normal`, (len(ops), lanes): splitmix64(per_op[b] ^
         per_lane[j]), 10 uint64 operations per element (a caller that needs only where a
         value lies, not the value, can skip `normal_of_bits`)."""
-        base, per_lane = self._stream_keys(stream, lanes)
-        per_op = splitmix64(base ^ np.asarray(ops, dtype=np.uint64))
+        per_op, per_lane = self.keys(stream, ops, lanes)
         return splitmix64(per_op[:, None] ^ per_lane[None, :])
+
+    def keys(self, stream: Stream, ops: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(per_op, per_lane) uint64 of `bits` (len(ops),) and (lanes,), for a caller that
+        hashes their combinations itself."""
+        base, per_lane = self._stream_keys(stream, lanes)
+        return splitmix64(base ^ np.asarray(ops, dtype=np.uint64)), per_lane
 
     def _stream_keys(self, stream: Stream, lanes: int) -> tuple[np.ndarray, np.ndarray]:
         """The per-stream key and per-lane hashes of `normal`, computed once per (stream, lanes)."""
