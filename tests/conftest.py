@@ -29,19 +29,24 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-@pytest.fixture(params=["numpy", "int8"])
-def gemm_path(request, monkeypatch):
-    """The window matmuls on numpy's float path, or on torch's int8 GEMM (model/int_gemm.py)
-    for every batch, however small (the `torch` extra; CI installs it); all windows in this
-    process (no window worker, which has its own path)."""
-    from pcmhil.model import int_gemm
+@pytest.fixture(params=["numpy", "int8", "compiled"])
+def window_path(request, monkeypatch):
+    """The windows' matmuls and loops on numpy's path; or the matmuls on torch's int8 GEMM
+    (model/int_gemm.py: the `torch` extra, which CI installs) for every batch, however small;
+    or that and the per-pair loops compiled too (model/kernels.py), as large batches run. All
+    windows in this process (no window worker, which has its own path)."""
+    from pcmhil.model import int_gemm, kernels
 
     monkeypatch.setenv("PCMHIL_WINDOW_WORKER", "0")
-    if request.param == "int8":
-        if not int_gemm.warm_up():
-            pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
-                        "is not exact on this CPU (model/int_gemm.py)")
-        monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
-    else:
+    if request.param == "numpy":
         monkeypatch.setattr(int_gemm, "module", lambda: None)
+    elif not int_gemm.warm_up():
+        pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
+                    "is not exact on this CPU (model/int_gemm.py)")
+    else:
+        monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
+    if request.param == "compiled":
+        assert kernels.warm_up(), "numba is a dependency (pyproject.toml): the compiled kernels must load"
+    else:
+        monkeypatch.setattr(kernels, "module", lambda: None)
     return request.param

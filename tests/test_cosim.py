@@ -48,9 +48,10 @@ PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
 
 
 @pytest.mark.parametrize("mode", ["transaction", "cycle"])
-def test_model_workloads_match_the_twin(mode, gemm_path):
+def test_model_workloads_match_the_twin(mode, window_path):
     """The whole chip: RTL + analog model (both fidelity modes) vs. the twin, code for code; the
-    twin's window matmuls on numpy's float path or all on the int8 GEMM (`gemm_path`)."""
+    twin's windows on numpy's path, all their matmuls on the int8 GEMM, or that and their
+    per-pair loops compiled (`window_path`)."""
     geometry = Geometry(8, 12, 2)
     with open_cosim(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
         for seed in range(4):
@@ -75,11 +76,13 @@ def test_mvm_codes_identical_on_every_backend_and_mode():
 def test_twin_batches_through_the_window_worker_match_the_cosim():
     """Batches large enough to run partly in the model's worker process (model/window_worker.py)
     give the RTL's codes too: 1-phase and 4-phase, one batch after another; with torch
-    installed (CI), their matmuls on its int8 GEMM on both sides (model/int_gemm.py)."""
+    installed (CI), their matmuls on its int8 GEMM on both sides (model/int_gemm.py), and their
+    per-pair loops compiled (model/kernels.py)."""
     from pcmhil.host.random_mvm import GAIN, SHIFT
-    from pcmhil.model import int_gemm, window_worker
+    from pcmhil.model import int_gemm, kernels, window_worker
 
     int_gemm.warm_up()
+    assert kernels.warm_up()
 
     if window_worker._usable_cpus() < 2:
         pytest.skip("the worker is not used with one usable CPU")
@@ -127,7 +130,7 @@ def test_bench_cosim_reports_every_figure_side_by_side():
         assert min(parts.values()) >= 0 and parts["model"] > 0
     assert set(r["breakdown_s"]["twin"]) == {"analog_model", "twin_and_driver"}
     assert r["twin_window_worker"] is False  # batches of 64 windows have no part in the worker
-    assert isinstance(r["twin_int8_gemm"], bool)
+    assert isinstance(r["twin_int8_gemm"], bool) and isinstance(r["twin_compiled_kernels"], bool)
 
 
 @pytest.mark.parametrize("settle_s", [0.0, 0.5], ids=["at-once", "after-settling"])

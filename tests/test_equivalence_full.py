@@ -12,7 +12,7 @@ from pcmhil.host.chip import Chip
 from pcmhil.host.equivalence import compare, random_workload, run_workload
 from pcmhil.host.twin import TwinTransport
 from pcmhil.interface import Geometry
-from pcmhil.model import int_gemm
+from pcmhil.model import int_gemm, kernels
 from pcmhil.model.analog_tile import AnalogSpec
 
 pytestmark = [pytest.mark.cosim, pytest.mark.slow]
@@ -38,11 +38,14 @@ CASES = [(g, WORKLOADS) for g in random_geometries()] + [(g, EDGE_WORKLOADS) for
 @pytest.mark.parametrize(("geometry", "workloads"), CASES, ids=[str(g) for g, _ in CASES])
 def test_thousand_workloads(geometry, workloads, mode, monkeypatch):
     """With torch installed, every odd workload's twin runs all its window matmuls, however
-    few windows, on the int8 GEMM (model/int_gemm.py), the even ones on numpy's float path."""
+    few windows, on the int8 GEMM (model/int_gemm.py), the even ones on numpy's float path;
+    every fourth, from the third, with the per-pair loops compiled too (model/kernels.py)."""
     int8 = int_gemm.warm_up()
+    compiled = kernels.warm_up() and kernels.module()
     with CosimTransport(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
         for k in range(workloads):
             monkeypatch.setattr(int_gemm, "MIN_ROWS", 1 if int8 and k % 2 else MIN_ROWS)
+            monkeypatch.setattr(kernels, "module", lambda k=k: compiled if k % 4 == 3 else None)
             spec = AnalogSpec(kwargs={"preset": PRESETS[k % len(PRESETS)], "seed": k})
             workload = random_workload(geometry, 10_000 + k, n_ops=20)
             cosim.reset(spec)

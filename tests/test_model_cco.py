@@ -67,7 +67,7 @@ def step_window(bar: Crossbar, durations, polarity, select, n, op_index):
     return np.array(pulses, dtype=np.int64), np.array(raw_rates)
 
 
-def test_cycle_mode_equals_window_mode_single_and_batched(gemm_path):
+def test_cycle_mode_equals_window_mode_single_and_batched(window_path):
     seen = {"top": 0, "bottom": 0, "flat": 0, "capped_start": 0}
     for seed in range(CASES):
         bar, d, s, select, n, ops = random_case(seed)
@@ -87,7 +87,7 @@ def test_cycle_mode_equals_window_mode_single_and_batched(gemm_path):
     assert all(count > 0 for count in seen.values()), seen
 
 
-def test_idle_windows_of_a_cco_without_offset_count_as_in_cycle_mode(gemm_path):
+def test_idle_windows_of_a_cco_without_offset_count_as_in_cycle_mode(window_path):
     """A CCO without zero-current offset (a preset may set offset_pulses_per_cycle = 0) has a
     current limit at 0, so idle windows (no row conducting, e.g. CALIBRATE) fail the band test
     and reach the exact sums with nothing to sort: their counts are those of cycle mode, alone,
@@ -111,7 +111,7 @@ def test_idle_windows_of_a_cco_without_offset_count_as_in_cycle_mode(gemm_path):
 
 
 @pytest.mark.parametrize("polarity", [1, -1])
-def test_clipping_of_monotone_currents_counts_as_in_cycle_mode(polarity, monkeypatch, gemm_path):
+def test_clipping_of_monotone_currents_counts_as_in_cycle_mode(polarity, monkeypatch, window_path):
     """Windows whose terms share one sign (4-phase; here one device select and one polarity)
     with currents far past the CCO's limit at the start: the walk over only the clipped cycles
     (`CcoTransfer.monotone_clipping`, upper limit for +1, lower for -1) gives the counts of cycle
@@ -173,7 +173,7 @@ def test_cumulative_pulses_are_monotone_and_at_most_fmax_per_cycle(beta):
         assert np.all((emitted <= nl) & (emitted > nl - 1.001))
 
 
-def test_cycle_mode_equals_window_mode_on_every_branch_of_the_window_path(gemm_path):
+def test_cycle_mode_equals_window_mode_on_every_branch_of_the_window_path(window_path):
     """The window path's other branches: one polarity on a unipolar select (4-phase windows:
     sign-definite terms, one-matmul test), rows that no window of the batch drives (left out
     of every matmul), and dense signed drives (no zero durations: the band test's dense form);
@@ -200,7 +200,7 @@ def test_cycle_mode_equals_window_mode_on_every_branch_of_the_window_path(gemm_p
 @pytest.mark.parametrize("scan", ["no scan", "scan"])
 @pytest.mark.parametrize("w_max", [40_000, 2**36 + 12345])
 @pytest.mark.parametrize("drive", ["mixed signs", "dense mixed signs", "one sign"])
-def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, drive, scan, gemm_path,
+def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, drive, scan, window_path,
                                                                         monkeypatch):
     """currents_may_leave against the exact per-cycle currents, with limits 1 LSB inside the
     extremes each column reaches (so the float32 rounding margin is what decides), also with
@@ -226,7 +226,7 @@ def test_current_bounds_list_every_pair_whose_current_leaves_its_limits(w_max, d
     leaves = (highest > upper) | (lowest < lower)
     listed = np.zeros_like(leaves)
     listed[currents_may_leave(w, d, s, n, lower, upper)] = True
-    assert (w.bounds(lower, upper)._int8 is not None) == (gemm_path == "int8")  # the path under test ran
+    assert (w.bounds(lower, upper)._int8 is not None) == (window_path != "numpy")  # the path under test ran
     assert leaves.sum() >= cols and not (leaves & ~listed).any()
     assert (listed & ~leaves).sum() < 0.05 * (~leaves).sum()  # the bound still proves most inside
     wide = 2 * np.abs(currents).max(axis=(0, 1))
@@ -313,7 +313,7 @@ def pinned_window_counts():
     return cco, source, x, np.concatenate(counts)
 
 
-def test_counts_of_a_full_size_batch_are_pinned(gemm_path):
+def test_counts_of_a_full_size_batch_are_pinned(window_path):
     cco, source, x, counts = pinned_window_counts()
     assert counts.shape == (1500, 256) and (counts.min(), counts.max()) == (23, 361)
     lower, upper = cco.transfer.current_limits
@@ -333,7 +333,7 @@ def test_batching_does_not_change_counts():
     assert not np.array_equal(shifted, whole)  # the output noise is keyed by the operation
 
 
-def test_fast_path_equals_exact_path_where_nothing_clips(gemm_path):
+def test_fast_path_equals_exact_path_where_nothing_clips(window_path):
     bar, d, s, select, n, _ = random_case(7)
     t, w = bar.cco.transfer, bar.selected(select)
     window, column = (a.ravel() for a in np.meshgrid(np.arange(len(d)), np.arange(bar.cols), indexing="ij"))
@@ -383,7 +383,7 @@ def test_output_noise_shifts_the_count_by_keyed_normal_phase():
     assert counts.std() == pytest.approx(np.sqrt((k**2 * p).sum() - mean**2), rel=0.03)
 
 
-def test_integrated_charge_is_the_exact_integer_sum_of_the_cycle_currents(gemm_path):
+def test_integrated_charge_is_the_exact_integer_sum_of_the_cycle_currents(window_path):
     bar = Crossbar(CrossbarConfig(preset="hermes-2dev", rows=48, cols=12, seed=3))
     bar.program_weights(np.random.default_rng(3).standard_normal((48, 12)), op_index=0)
     rng = np.random.default_rng(4)

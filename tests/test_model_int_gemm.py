@@ -1,7 +1,7 @@
 """model/int_gemm.py: exact integer products on int8 digits through torch's int8 GEMM.
 
 The counts never depend on the path (tests/test_model_cco.py runs the window tests on both,
-`gemm_path`); here the pieces: the digits, the products' exactness for every digit count and
+`window_path`); here the pieces: the digits, the products' exactness for every digit count and
 output type, torch's thread setting, and the switch.
 """
 

@@ -1,0 +1,199 @@
+"""model/kernels.py: the window path's per-pair loops compiled with numba.
+
+The counts never depend on the path (tests/test_model_cco.py runs the window tests on numpy's
+path, the int8 GEMM and the compiled kernels, `window_path`); here each kernel against numpy's
+version or the per-cycle contract on random drives, their check at load, the switch and when
+they load.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pcmhil.model import int_gemm, kernels
+from pcmhil.model.cco import CcoTransfer
+from pcmhil.model.drive import SelectedConductance, check_drive
+from pcmhil.model.keyed_rng import KeyedRng
+from pcmhil.model.presets import PRESETS, CcoPreset
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    assert kernels.warm_up(), "numba is a dependency (pyproject.toml): the compiled kernels must load"
+    return kernels.module()
+
+
+def _drive(rng, windows: int, rows: int, longest: int, ties: bool):
+    """Durations (windows, rows) in [0, longest], with many ties or all distinct, and signs."""
+    if ties:
+        d = rng.integers(0, min(longest, 9) + 1, (windows, rows)) * max(longest // 9, 1)
+    else:
+        d = np.array([rng.permutation(longest + 1)[:rows] for _ in range(windows)])
+    s = rng.choice([-1, 1], (windows, rows))
+    return check_drive(d, s, rows, longest, batched=True)
+
+
+def _prefix_sums(w_int, d, s, b, j):
+    """The prefix sums of window b's terms s_i W[i, j] by decreasing duration (conducting rows)."""
+    order = np.argsort(-d[b], kind="stable")[:np.count_nonzero(d[b])]
+    return np.concatenate([[0], np.cumsum(s[b, order] * w_int[order, j])])
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, 300])
+def test_scan_flags_exactly_the_pairs_whose_prefix_sums_leave_the_limits(compiled, rows):
+    """Distinct durations: every prefix sum is the current of a cycle. Pairs in random order
+    (a window's rows sorted again where the window changes) with random start ranges, from the
+    exact sum of the rows before the range."""
+    rng = np.random.default_rng(rows)
+    cols, windows = 11, 30
+    w_int = rng.integers(-1000, 1001, (rows, cols))
+    d, s = _drive(rng, windows, rows, rows + 3, ties=False)
+    pairs = 400
+    window, column = rng.integers(0, windows, pairs), rng.integers(0, cols, pairs)
+    first, last = rng.integers(0, rows + 1, pairs), rng.integers(0, rows + 5, pairs)
+    first, last = np.minimum(first, last), np.maximum(first, last)
+    reach = np.abs(w_int).sum(axis=0)
+    lower, upper = -rng.integers(0, reach + 1), rng.integers(0, reach + 1)
+    value, expected = np.empty(pairs, np.int64), np.empty(pairs, bool)
+    for p in range(pairs):
+        sums = _prefix_sums(w_int, d, s, window[p], column[p])
+        covered = sums[min(first[p], len(sums) - 1):min(last[p], len(sums) - 1) + 1]
+        value[p] = covered[0]
+        expected[p] = (covered < lower[column[p]]).any() or (covered > upper[column[p]]).any()
+    out = np.empty(pairs, np.bool_)
+    terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
+    compiled.scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, out)
+    assert np.array_equal(out, expected)
+    assert 0 < expected.sum() < pairs  # both outcomes were tested
+
+
+def _cycle_currents(w_int, d, s, n):
+    """I_c (windows, n, cols) by the contract: the rows with d > c, one matrix product per cycle."""
+    return np.stack([((d > c) * s) @ w_int for c in range(n)], axis=1)
+
+
+def test_scan_with_ties_never_misses_a_cycle_outside(compiled):
+    """Runs of equal durations: the prefix sums inside a run are no cycle's current, so the
+    scan may flag a pair in vain, but never misses one whose current leaves."""
+    rng = np.random.default_rng(5)
+    rows, cols, windows, n = 50, 13, 40, 40
+    w_int = rng.integers(-500, 501, (rows, cols))
+    d, s = _drive(rng, windows, rows, n, ties=True)
+    currents = _cycle_currents(w_int, d, s, n)
+    limit = np.percentile(np.abs(currents).max(axis=1), 50, axis=0).astype(np.int64)
+    window, column = np.divmod(np.arange(windows * cols), cols)
+    out = np.empty(len(window), np.bool_)
+    pairs = len(window)
+    start = (np.zeros(pairs, np.int64), np.zeros(pairs, np.intp), np.full(pairs, rows, np.intp))
+    terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
+    compiled.scan_pairs(terms, d, s, window, column, *start, -limit, limit, out)
+    truth = (np.abs(currents) > limit).any(axis=1).ravel()
+    assert truth.any() and (out | ~truth).all()
+
+
+@pytest.mark.parametrize("case", ["ties", "distinct", "long durations"])
+def test_exact_sums_equal_numpy_and_the_contract(compiled, monkeypatch, case):
+    """The compiled exact sums against `CcoTransfer.exact_advance` on numpy's path and the
+    per-cycle contract; 'long durations' sorts by merge sort (over _COUNTING_SORT_MAX)."""
+    rng = np.random.default_rng(len(case))
+    rows, cols, windows = 37, 9, 25
+    n = 5000 if case == "long durations" else 60
+    w_int = rng.integers(-300, 301, (rows, cols))
+    d, s = _drive(rng, windows, rows, n if case != "distinct" else 50, ties=case != "distinct")
+    transfer = CcoTransfer(gain=rng.integers(1, 2**20, cols), offset=rng.integers(0, 2**24, cols),
+                           fmax=2**26, knee=0.0, output_noise_pulses=0.0)
+    window, column = rng.integers(0, windows, 300), rng.integers(0, cols, 300)
+    got = transfer.exact_advance(w_int, d, s, n, window, column)
+    monkeypatch.setattr(kernels, "module", lambda: None)
+    assert np.array_equal(got, transfer.exact_advance(w_int, d, s, n, window, column))
+    if n <= 60:
+        currents = _cycle_currents(w_int, d, s, n)[window, :, column]  # (pairs, n)
+        rate = transfer.offset[column, None] + transfer.gain[column, None] * currents
+        rate = np.clip(rate, 0, transfer.fmax)
+        assert np.array_equal(got, rate.sum(axis=1))
+        assert (rate == 0).any() and (rate == transfer.fmax).any()  # both clips were taken
+
+
+@pytest.mark.parametrize(("w_max", "bands", "density"), [(19_436, 5, 1.0), (100, 2, 0.5), (2**20, 8, 0.9)])
+def test_compiled_band_test_equals_numpy(compiled, monkeypatch, w_max, bands, density):
+    """The same failed pairs and scan starts as numpy's band test on the int8 path, for one,
+    two and three digits of W, sparse and dense drives, few and many bands."""
+    if not int_gemm.warm_up():
+        pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
+                    "is not exact on this CPU (model/int_gemm.py)")
+    monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
+    rng = np.random.default_rng(bands)
+    rows, cols, windows, n = 256, 70, 230, 128
+    w = SelectedConductance.of(rng.integers(-w_max, w_max + 1, (rows, cols)))
+    x = rng.integers(-128, 128, (windows, rows)) * (rng.random((windows, rows)) < density)
+    d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
+    half = (w.reach // 4).astype(np.int64)
+    lower, upper = -half + rng.integers(-5, 5, cols), half
+    bounds = w.bounds(lower, upper)
+    bounds.bands = bands
+    numpy_path = bounds._band_test(d, s, n, density == 1.0)
+    compiled_path = bounds._band_test(d, s, n, density == 1.0, compiled)
+    assert 0 < len(numpy_path.window) < windows * cols
+    assert np.array_equal(compiled_path.window, numpy_path.window)
+    assert np.array_equal(compiled_path.column, numpy_path.column)
+    for got, expected in zip(compiled_path.start, numpy_path.start, strict=True):
+        assert np.array_equal(got, expected)
+
+
+_CCOS = {"hermes": PRESETS["hermes-2dev"].cco, "ideal": PRESETS["ideal"].cco,
+         "linear, noisy": CcoPreset(nonlinearity_beta=0.0, output_noise_pulses=0.3)}
+
+
+@pytest.mark.parametrize("cco", sorted(_CCOS))
+def test_bracketed_counts_equal_numpy(compiled, monkeypatch, cco):
+    """counts_after compiled and on numpy's path, with advances spread over the counts and
+    bunched just below and above whole pulses (where the bracket stays open)."""
+    rng = np.random.default_rng(7)
+    cols, windows = 40, 300
+    transfer = CcoTransfer.draw(_CCOS[cco], cols, 2.0e6, KeyedRng(3, 0))
+    key = KeyedRng(11, 2)
+    ops = rng.integers(0, 2**63, windows).astype(np.uint64)
+    advance = rng.integers(0, 200 * 2**32, (windows, cols)).astype(np.float64)
+    advance[::2] = np.rint(advance[::2] / 2**32) * 2**32 + rng.integers(-2**29, 2**29, (windows // 2, cols))
+    got = transfer.counts_after(key, ops, advance)
+    monkeypatch.setattr(kernels, "module", lambda: None)
+    assert np.array_equal(got, transfer.counts_after(key, ops, advance))
+
+
+def test_a_kernel_that_disagrees_with_the_contract_is_not_used(compiled):
+    broken = SimpleNamespace(**vars(compiled))
+    assert kernels._self_check(broken)
+    broken.exact_pairs = lambda *args: args[-1].fill(0)
+    assert not kernels._self_check(broken)
+
+    def raises(*args):
+        raise TypeError("no matching definition")
+
+    assert not kernels._self_check(SimpleNamespace(scan_pairs=raises, exact_pairs=compiled.exact_pairs))
+
+
+def _in_subprocess(code: str, **env) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_the_switch_turns_the_kernels_off():
+    code = ("from pcmhil.model import kernels; import sys; "
+            "print(kernels.warm_up(), kernels.module(), 'numba' in sys.modules)")
+    assert _in_subprocess(code, PCMHIL_JIT="0") == ["False", "None", "False"]
+
+
+def test_kernels_load_on_the_second_large_batch(compiled):
+    """No numba import for a program with one large batch (e.g. `pcmhil mvm`); on the second."""
+    code = ("import sys; from pcmhil.model import kernels; "
+            "kernels.for_large_batch(); print('numba' in sys.modules, kernels.module() is None); "
+            "kernels.for_large_batch(); print(kernels.module() is not None)")
+    assert _in_subprocess(code) == ["False", "True", "True"]
