@@ -85,9 +85,10 @@ def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str
     analog = twin.transport.tiles[0].analog
     x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, geometry.rows)).astype(np.int8)
     twin.mvm(0, x[:10])  # warm up (cached conductance matrices)
-    worker = window_worker.warm_up(batch)  # the second process of large batches (model/window_worker.py)
     int8 = int_gemm.warm_up()  # torch's int8 GEMM for the window matmuls (model/int_gemm.py), if installed
-    compiled = kernels.warm_up()  # the windows' per-pair loops compiled (model/kernels.py)
+    compiled = kernels.warm_up()  # the windows' per-pair loops compiled (model/kernels.py): large
+    # batches in two threads; without them, half in the second process (model/window_worker.py)
+    worker = not compiled and window_worker.warm_up(batch)
     runs = []
     for _ in range(repeats):
         model_before, start = analog.busy_s, time.perf_counter()

@@ -56,9 +56,9 @@ def bench_model(rows: int = 256, cols: int = 256, batch: int = 1000, seed: int =
                                            N_WINDOW_CYCLES, next(ops)),
         lambda: x[0] @ w, 200)
     say(f"batch of {batch} and float64 matmul, alternating")
-    worker = window_worker.warm_up(batch)  # large batches run half in it (window_worker.py)
-    int8 = int_gemm.warm_up()  # their matmuls on torch's int8 GEMM if installed (int_gemm.py)
-    compiled = kernels.warm_up()  # their per-pair loops compiled (kernels.py)
+    int8 = int_gemm.warm_up()  # large batches' matmuls on torch's int8 GEMM if installed (int_gemm.py)
+    compiled = kernels.warm_up()  # their per-pair loops compiled (kernels.py): halves in two threads,
+    worker = not compiled and window_worker.warm_up(batch)  # else half in the worker (window_worker.py)
     batch_s, matmul_batch_s = _alternating_medians(
         lambda: crossbar.cco.window_counts_batch(window.durations, window.polarity, window.select,
                                                  N_WINDOW_CYCLES, np.arange(batch)),
@@ -66,8 +66,7 @@ def bench_model(rows: int = 256, cols: int = 256, batch: int = 1000, seed: int =
     return {
         "preset": BENCH_PRESET, "rows": rows, "cols": cols, "batch": batch,
         "n_window_cycles": N_WINDOW_CYCLES, "read_mode": "1-phase", "window_worker": worker,
-        "int8_gemm": int8,
-        "compiled_kernels": compiled,
+        "int8_gemm": int8, "compiled_kernels": compiled,
         "program_s": program_s, "time_event_s": time_event_s,
         "single_mvm_s": single_s, "batch_s": batch_s, "batch_per_mvm_s": batch_s / batch,
         "matmul_dtype": "float64", "matmul_single_s": matmul_single_s, "matmul_batch_s": matmul_batch_s,

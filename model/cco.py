@@ -90,9 +90,10 @@ _BRACKET_MIN_WINDOWS = 8
 #: `_driven_rows` restricts the matrix to the driven rows for batches of at least this many
 #: windows.
 _RESTRICT_MIN_WINDOWS = 64
-#: Batches of at least this many windows run in two halves at once (`CCO._halves`): in the
-#: worker process from window_worker.MIN_WINDOWS, in two threads of this process from
-#: _PARALLEL_MIN_WINDOWS (each numpy call's GIL hand-over costs more).
+#: Batches of at least window_worker.MIN_WINDOWS windows run in two halves at once
+#: (`CCO._halves`): with the per-pair loops compiled (`kernels`), in two threads of this
+#: process; else in the worker process, or in two threads from _PARALLEL_MIN_WINDOWS (each of
+#: the numpy path's many calls hands the GIL over, which costs more).
 _PARALLEL_MIN_WINDOWS = 512
 #: ... the caller's half this fraction of the windows when the other half goes to the worker
 #: process, whose half also moves through pipes (~1 ms of ~14 at 256 x 256, measured).
@@ -436,13 +437,19 @@ class CCO:
     def _halves(self, w: SelectedConductance, d: np.ndarray, s: np.ndarray, n: int, ops: np.ndarray
                 ) -> np.ndarray:
         """The counts of a large batch in two halves at once (every window's count depends on
-        that window alone): the second half in the worker process (`window_worker`), or,
-        until it is ready or without it, in a second thread for _PARALLEL_MIN_WINDOWS windows
-        or more (numpy and BLAS release the GIL in their loops; both threads' BLAS calls run
-        single-threaded: the limit is process-wide), else all here."""
+        that window alone). With the per-pair loops compiled (`kernels`), the second half in a
+        second thread: nearly all of a window's time is then in calls that release the GIL
+        (torch's GEMM, the compiled loops), few numpy calls hand it over, and the threads beat
+        the worker's pipes (measured at 256 x 256, 1,000 uniform windows through Chip.mvm:
+        10.3 vs 11.9 ms, and 16.4 vs 18.5 ms with the other core busy). Without them, the
+        second half in the worker process (`window_worker`), or, until it is ready or without
+        it, in a second thread for _PARALLEL_MIN_WINDOWS windows or more (numpy and BLAS
+        release the GIL in their loops; both threads' BLAS calls run single-threaded: the limit
+        is process-wide), else all here."""
         t, rng = self.transfer, self._rng
         counts = np.empty((len(d), w.cols), dtype=np.int64)
-        worker = window_worker.for_large_batch()
+        compiled = kernels.module() is not None
+        worker = None if compiled else window_worker.for_large_batch()
         half = int(len(d) * _CALLER_SHARE)
         if worker is not None and worker.start(t, rng, w, d[half:], s[half:], n, ops[half:]):
             start = time.perf_counter()
@@ -453,7 +460,7 @@ class CCO:
             if not answered:  # the worker failed (and is given up): this half here
                 window_counts(t, rng, w, d[half:], s[half:], n, ops[half:], out=counts[half:])
             return counts
-        if len(d) < _PARALLEL_MIN_WINDOWS:
+        if len(d) < _PARALLEL_MIN_WINDOWS and not compiled:
             return window_counts(t, rng, w, d, s, n, ops, out=counts)
         half = len(d) // 2
         second = _thread().submit(window_counts, t, rng, w, d[half:], s[half:], n, ops[half:], True,

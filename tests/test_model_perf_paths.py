@@ -30,11 +30,12 @@ def bench_tile(seed: int = 0, rows: int = 256, cols: int = 256):
     return tile
 
 
-def test_a_batch_equals_its_windows_one_at_a_time():
+def test_a_batch_equals_its_windows_one_at_a_time(window_path):
     """A batch large enough for every batch path (band test with scan starts, exact scan over
     the failed bands, two threads) gives each window the counts it gets alone, in the same
     operation order; also for mixed selects (4-phase windows) and for windows that leave rows
-    undriven."""
+    undriven. On each `window_path`: numpy's, the int8 GEMM's, and with the per-pair loops
+    compiled (whose batches split into threads from 128 windows)."""
     x = np.random.default_rng(7).integers(-128, 128, (max(600, cco._PARALLEL_MIN_WINDOWS + 1), 256))
     x[:40, 200:] = 0
     drives = [(np.abs(x), x < 0, np.zeros(len(x), int)),

@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 from test_model_perf_paths import bench_tile
 
-from pcmhil.model import cco, window_worker
+from pcmhil.model import cco, kernels, window_worker
 from pcmhil.model.cco import window_counts
 from pcmhil.model.drive import single_threaded_blas
 
 
 @pytest.fixture
 def worker(monkeypatch):
-    """A fresh worker of this test's own, ready, as the process's shared one."""
+    """A fresh worker of this test's own, ready, as the process's shared one; the per-pair
+    loops on numpy's path in this process (with them compiled, batches split into threads,
+    not into the worker: cco.CCO._halves)."""
     monkeypatch.delenv("PCMHIL_WINDOW_WORKER", raising=False)
+    monkeypatch.setattr(kernels, "module", lambda: None)
     fresh = window_worker.WindowWorker()
     monkeypatch.setattr(window_worker, "_shared", fresh)
     assert fresh.ready(timeout_s=60), fresh.failure
