@@ -54,6 +54,7 @@ from .checks import check_array, check_int
 from .drive import (
     EXACT_FLOAT_LIMIT,
     SelectedConductance,
+    charge_digits,
     check_drive,
     check_exact,
     check_select,
@@ -217,16 +218,9 @@ class CcoTransfer:
             per_op, per_lane = rng.keys(Stream.CCO_OUTPUT, op_indices, len(self.gain))
             counts = np.empty(advance.shape, dtype=np.int64)
             open_ = np.empty(advance.shape, dtype=np.bool_)
-            knee, k = self.knee, 0.5 / self.knee if self.knee > 0 else 0.0
-            compiled.bracketed_counts(per_op, per_lane, 64 - _NOISE_BIN_BITS, lowest, reach, advance, knee, k,
-                                      k * (knee * knee), self._pulse_scale, counts, open_)
-            if open_.any():
-                open_ = np.flatnonzero(open_)
-                window, column = np.divmod(open_, advance.shape[1])
-                bits = splitmix64(per_op[window] ^ per_lane[column])
-                phase = self._phase_of(normal_of_bits(bits))
-                phase += advance.ravel()[open_]
-                counts.ravel()[open_] = self.cumulative_pulses(phase)
+            compiled.bracketed_counts(per_op, per_lane, 64 - _NOISE_BIN_BITS, lowest, reach, advance,
+                                      *self._pulse_constants, counts, open_)
+            self._open_counts(per_op, per_lane, open_, advance, counts)
             return counts
         bits = rng.bits(Stream.CCO_OUTPUT, op_indices, len(self.gain))
         bins = np.right_shift(bits, np.uint64(64 - _NOISE_BIN_BITS)).view(np.int64)
@@ -242,6 +236,52 @@ class CcoTransfer:
             phase += advance.ravel()[open_]
             counts.ravel()[open_] = self.cumulative_pulses(phase)
         return counts
+
+    def counts_of_charge(self, rng: KeyedRng, op_indices: np.ndarray, charge: np.ndarray, negated: bool,
+                         n_window_cycles: int, pairs: np.ndarray, pair_advance: np.ndarray, compiled
+                         ) -> np.ndarray:
+        """`counts_after` of the advances n offset + gain Q, with Q from the charge's int8
+        products (`drive.charge_digits`: (digits, windows, cols), negated) and the same float64
+        operations as `window_counts`, except the pairs of the flat indices `pairs` (window
+        cols + column, ascending), whose advance is pair_advance: one compiled loop (`kernels`)
+        for what otherwise takes a float64 charge and a dozen passes over it. For sigma_out > 0
+        (the bracket)."""
+        lowest, reach = self._phase_brackets
+        per_op, per_lane = rng.keys(Stream.CCO_OUTPUT, op_indices, len(self.gain))
+        shape = charge.shape[1:]
+        counts = np.empty(shape, dtype=np.int64)
+        open_ = np.empty(shape, dtype=np.bool_)
+        open_advance = np.empty(shape)
+        n_offset = (n_window_cycles * self.offset).astype(np.float64)
+        compiled.charged_counts(charge, negated, self._gain_float, n_offset, pairs, pair_advance, per_op,
+                                per_lane, 64 - _NOISE_BIN_BITS, lowest, reach, *self._pulse_constants,
+                                counts, open_, open_advance)
+        self._open_counts(per_op, per_lane, open_, open_advance, counts)
+        return counts
+
+    def _open_counts(self, per_op: np.ndarray, per_lane: np.ndarray, open_: np.ndarray, advance: np.ndarray,
+                     counts: np.ndarray) -> None:
+        """The counts where the bracket left them open (bool (windows, cols)), from phi_0
+        itself (ndtri), into counts: as `counts_after`, the windows' hashes from their keys
+        (`keyed_rng.KeyedRng.keys`)."""
+        if not open_.any():
+            return
+        flat = np.flatnonzero(open_)
+        window, column = np.divmod(flat, open_.shape[1])
+        phase = self._phase_of(normal_of_bits(splitmix64(per_op[window] ^ per_lane[column])))
+        phase += advance.ravel()[flat]
+        counts.ravel()[flat] = self.cumulative_pulses(phase)
+
+    @cached_property
+    def _gain_float(self) -> np.ndarray:
+        """gain as float64 (exact: gain < 2**53), as numpy converts it in Q * gain."""
+        return self.gain.astype(np.float64)
+
+    @property
+    def _pulse_constants(self) -> tuple[float, float, float, float]:
+        """(knee, k, k knee**2, scale) of `_pulses_real`, for the compiled kernels."""
+        k = 0.5 / self.knee if self.knee > 0 else 0.0
+        return self.knee, k, k * (self.knee * self.knee), self._pulse_scale
 
     @cached_property
     def _phase_brackets(self) -> tuple[np.ndarray, np.ndarray]:
@@ -477,6 +517,18 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
     larger numpy calls: `_TAIL_CHUNK_WINDOWS`). Also what the worker process runs
     (`window_worker`)."""
     window, column = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse)
+    compiled = kernels.module()
+    if compiled is not None and t.output_noise_pulses > 0 and len(d) >= _BRACKET_MIN_WINDOWS:
+        charge = charge_digits(w, d, s)  # the int8 products; None where the charge takes numpy's path
+        if charge is not None:
+            pairs = np.argsort(window * w.cols + column)  # ascending flat indices (they almost are)
+            window, column = window[pairs], column[pairs]
+            advance = _pair_advances(t, w, d, s, n, window, column, *charge)
+            counts = t.counts_of_charge(rng, ops, *charge, n, window * w.cols + column, advance, compiled)
+            if out is None:
+                return counts
+            out[...] = counts
+            return out
     # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
     advance = integrated_charge(w, d, s, dtype=np.float64)
     advance *= t.gain
@@ -493,6 +545,26 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
         chunk = slice(b, b + step)
         counts[chunk] = t.counts_after(rng, ops[chunk], advance[chunk])
     return counts
+
+
+def _pair_advances(t: CcoTransfer, w: SelectedConductance, d: np.ndarray, s: np.ndarray, n: int,
+                   window: np.ndarray, column: np.ndarray, charge: np.ndarray, negated: bool) -> np.ndarray:
+    """The advances (float64) of the pairs that may clip, as `window_counts` computes them
+    from a float64 charge: n offset + gain Q less the clipped start (monotone currents), or the
+    exact sum."""
+    if not len(window):
+        return np.zeros(0)
+    q = charge[-1, window, column].astype(np.int64)
+    for digit in charge[-2::-1]:
+        q *= 256
+        q += digit[window, column]
+    base = (-q if negated else q).astype(np.float64)
+    base *= t.gain[column]
+    base += n * t.offset[column]
+    sign = terms_sign(w, d, s)
+    if sign:  # currents monotone in the window: only the clipped start is summed
+        return base - t.monotone_clipping(w, d, s, window, column, sign)
+    return t.exact_advance(w.w_int, d, s, n, window, column, w.terms).astype(np.float64)
 
 
 @cache

@@ -238,21 +238,41 @@ def integrated_charge(w: SelectedConductance, d: np.ndarray, s: np.ndarray,
     check_exact(w, int(d.max(initial=0)))
     charge = np.empty((len(d), w.cols))
     matrix = w.int8(len(d))
+    int8 = matrix is not None and matrix.exact_for(128)
     for chunk in _window_chunks(len(d), w.rows):
-        if matrix is not None and matrix.exact_for(128):
-            v = np.multiply(d[chunk], s[chunk], dtype=np.int16 if d.dtype.itemsize <= 2 else np.int64)
-            low, high = int(v.min()), int(v.max())
-            flip = high > 127 and low >= -127  # 4-phase windows: d up to 128, s = +1
-            if flip:
-                low, high = -high, -low
-                np.negative(v, out=v)
-            if low >= -128 and high <= 127:
-                matrix.product(v.astype(np.int8), out=charge[chunk])
-                if flip:
-                    np.negative(charge[chunk], out=charge[chunk])
-                continue
-        np.matmul(np.multiply(d[chunk], s[chunk], dtype=np.float64), w.w, out=charge[chunk])
+        signed = _int8_signed_durations(d[chunk], s[chunk]) if int8 else None
+        if signed is None:
+            np.matmul(np.multiply(d[chunk], s[chunk], dtype=np.float64), w.w, out=charge[chunk])
+            continue
+        matrix.product(signed[0], out=charge[chunk])
+        if signed[1]:
+            np.negative(charge[chunk], out=charge[chunk])
     return charge if dtype is np.float64 else charge.astype(dtype)
+
+
+def charge_digits(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """The charge's int8 products for a caller that combines them itself (`kernels`): (digits,
+    negated) with Q = (-1 if negated) sum_k 256**k digits[k], digits (K, B, cols) int32, where
+    `integrated_charge` takes the int8 path; else None."""
+    check_exact(w, int(d.max(initial=0)))
+    matrix = w.int8(len(d))
+    if matrix is None or not matrix.exact_for(128) or (signed := _int8_signed_durations(d, s)) is None:
+        return None
+    return matrix.digit_products(signed[0]), signed[1]
+
+
+def _int8_signed_durations(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """(d s or -d s as int8, negated) where one of them fits int8 (negated: 4-phase windows,
+    durations up to 128 of one polarity), else None."""
+    v = np.multiply(d, s, dtype=np.int16 if d.dtype.itemsize <= 2 else np.int64)
+    low, high = int(v.min(initial=0)), int(v.max(initial=0))
+    negated = high > 127 and low >= -127
+    if negated:
+        low, high = -high, -low
+        np.negative(v, out=v)
+    if low < -128 or high > 127:
+        return None
+    return v.astype(np.int8), negated
 
 
 def _window_chunks(windows: int, elements_per_window: int, elements: int = _CHUNK_ELEMENTS) -> list[slice]:

@@ -14,8 +14,9 @@ Numba is optional (it is a dependency, but `PCMHIL_JIT=0` turns it off, and an i
 fails leaves numpy's path). Like torch's import (`int_gemm`), it happens on a process's second
 large batch (`for_large_batch`) or by `warm_up`, in the calling thread: its compiled code is
 cached on disk (numba's `cache=True`, in `__pycache__` beside this file), so the first process
-on a machine compiles (~5 s) and later ones load it (~0.5 s with numba's import). Before it is
-used, each kernel is checked on a small random case against numpy's path (`_self_check`).
+on a machine compiles (~10 s) and later ones load it (~0.5 s with numba's import). Before they
+are used, the scans and exact sums are checked against the per-cycle contract (`_self_check`)
+and a small batch through the whole window path against numpy's path (`_counts_agree`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def warm_up() -> bool:
     with _lock:
         if not _state["tried"]:
             _state["tried"] = True
-            if os.environ.get(_ENV_SWITCH, "1") != "0":
-                _state["kernels"] = _load()
+            if os.environ.get(_ENV_SWITCH, "1") != "0" and (loaded := _load()) is not None:
+                _state["kernels"] = loaded
+                if not _counts_agree():
+                    _state["kernels"] = None
     return _state["kernels"] is not None
 
 
@@ -65,12 +68,12 @@ def _load():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows, _grown  # noqa: PLW0603 - numba resolves the kernels' callee by name when compiling
+    global _sorted_rows, _grown, _bracketed_count  # noqa: PLW0603 - numba resolves callees by name
     jit = numba.njit(nogil=True, cache=True)
-    _sorted_rows, _grown = jit(_sorted_rows), jit(_grown)
+    _sorted_rows, _grown, _bracketed_count = jit(_sorted_rows), jit(_grown), jit(_bracketed_count)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
                               band_operands=jit(_band_operands), band_failures=jit(_band_failures),
-                              bracketed_counts=jit(_bracketed_counts))
+                              bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
     return kernels if _self_check(kernels) else None
 
 
@@ -103,6 +106,36 @@ def _self_check(kernels) -> bool:
     expect_scan = ((currents < lower) | (currents > upper)).any(axis=1).ravel()
     expect_exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()
     return bool(np.array_equal(out_scan, expect_scan) and np.array_equal(out_exact, expect_exact))
+
+
+def _counts_agree() -> bool:
+    """A small batch through the whole window path (`cco.window_counts`, 1-phase windows whose
+    currents reach past the CCO's limits) gives the same counts with the loaded kernels as on
+    numpy's path. It also compiles every kernel the path calls for the argument types it gives
+    them (the band test's and the charge's where torch's int8 GEMM is on), before the first
+    real batch."""
+    from .cco import CcoTransfer, window_counts  # they import this module
+    from .drive import SelectedConductance, check_drive
+    from .keyed_rng import KeyedRng
+
+    rng = np.random.default_rng(54321)
+    rows, cols, windows, n = 24, 12, 80, 128
+    w = SelectedConductance.of(rng.integers(-3000, 3001, (rows, cols)))
+    fmax = 3 * 2**32  # limits at a quarter of each column's reach: a few pairs clip, many fail bands
+    transfer = CcoTransfer(((fmax // 2) // np.maximum(w.reach // 4, 1)).astype(np.int64),
+                           np.full(cols, fmax // 2, dtype=np.int64), fmax, 384 * 2**32 / 0.02, 0.1)
+    x = rng.integers(-128, 128, (windows, rows))
+    d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
+    ops, key = np.arange(windows, dtype=np.uint64), KeyedRng(1)
+    try:
+        compiled = window_counts(transfer, key, w, d, s, n, ops)
+    except Exception:  # noqa: BLE001 - a kernel that does not compile for these types: numpy's path
+        return False
+    loaded, _state["kernels"] = _state["kernels"], None
+    try:
+        return bool(np.array_equal(compiled, window_counts(transfer, key, w, d, s, n, ops)))
+    finally:
+        _state["kernels"] = loaded
 
 
 def _terms(w_int: np.ndarray) -> np.ndarray:
@@ -299,30 +332,60 @@ def _grown(array):
 
 
 def _bracketed_counts(per_op, per_lane, bin_shift, lowest, reach, advance, knee, k, kc, scale, counts, open_):
-    """`cco.CcoTransfer.counts_after`'s bracketed counts: for window b and column j, the hash
-    splitmix64(per_op[b] ^ per_lane[j]) (`keyed_rng.KeyedRng.bits`), its bin (the hash's top
-    64 - bin_shift bits)'s lowest phase
-    plus the advance, pulses by the same IEEE operations as `CcoTransfer._pulses_real` (knee,
-    k = 1 / (2 knee), kc = k knee**2 and scale as it computes them; no fused multiply-add:
-    numba contracts nothing without fastmath), the count truncated, and open_ where the count
-    at the bin's high end may be higher (those take the caller's exact path)."""
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-    s30, s27, s31, to_bin = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(bin_shift)
+    """`cco.CcoTransfer.counts_after`'s bracketed counts of the windows' advances (windows,
+    cols) float64: `_bracketed_count` of each, open_ where the count at the bin's high end may
+    be higher (those take the caller's exact path)."""
     windows, cols = advance.shape
     for b in range(windows):
-        key = per_op[b]
         for j in range(cols):
-            z = (key ^ per_lane[j]) + golden
-            z = (z ^ (z >> s30)) * m1
-            z = (z ^ (z >> s27)) * m2
-            z = z ^ (z >> s31)
-            bin_ = np.int64(z >> to_bin)
-            u = max(lowest[bin_] + advance[b, j], 0.0)
-            if knee > 0:
-                v = knee - min(u, knee)
-                u = kc - v * v * k
-            u *= scale
-            count = np.int64(u)
+            counts[b, j], open_[b, j] = _bracketed_count(per_op[b], per_lane[j], advance[b, j], bin_shift,
+                                                         lowest, reach, knee, k, kc, scale)
+
+
+def _charged_counts(charge, negated, gain, n_offset, pair_index, pair_advance, per_op, per_lane, bin_shift,
+                    lowest, reach, knee, k, kc, scale, counts, open_, open_advance):
+    """`_bracketed_counts` with each advance computed here from the charge's int8 products
+    (`drive.charge_digits`: Q = (-1 if negated) sum_k 256**k charge[k], (digits, windows, cols)
+    int32) as `cco.window_counts` does in float64: Q gain + n offset (gain, n_offset float64
+    (cols,); the same two roundings, none where nothing clips), except for the pairs of the
+    flat indices pair_index (window cols + column, ascending), whose advance is pair_advance.
+    open_advance: the advance of each open element (for the caller's exact path)."""
+    digits, windows, cols = charge.shape
+    p = 0
+    for b in range(windows):
+        for j in range(cols):
+            if p < len(pair_index) and pair_index[p] == b * cols + j:
+                advance = pair_advance[p]
+                p += 1
+            else:
+                q = np.int64(charge[digits - 1, b, j])
+                for d in range(digits - 2, -1, -1):
+                    q = q * 256 + charge[d, b, j]
+                advance = np.float64(-q if negated else q) * gain[j] + n_offset[j]
+            count, is_open = _bracketed_count(per_op[b], per_lane[j], advance, bin_shift, lowest, reach,
+                                              knee, k, kc, scale)
             counts[b, j] = count
-            open_[b, j] = u + reach[bin_] >= np.float64(count + 1)
+            open_[b, j] = is_open
+            if is_open:
+                open_advance[b, j] = advance
+
+
+def _bracketed_count(op_key, lane_key, advance, bin_shift, lowest, reach, knee, k, kc, scale):
+    """(count, open) of one window and column: the hash splitmix64(op_key ^ lane_key)
+    (`keyed_rng.KeyedRng.bits`), its bin (the hash's top 64 - bin_shift bits)'s lowest phase
+    plus the advance, pulses by the same IEEE operations as `CcoTransfer._pulses_real` (knee,
+    k = 1 / (2 knee), kc = k knee**2 and scale as it computes them; no fused multiply-add:
+    numba contracts nothing without fastmath), the count truncated, and open where the count
+    at the bin's high end may be higher."""
+    z = (op_key ^ lane_key) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    bin_ = np.int64(z >> np.uint64(bin_shift))
+    u = max(lowest[bin_] + advance, 0.0)
+    if knee > 0:
+        v = knee - min(u, knee)
+        u = kc - v * v * k
+    u *= scale
+    count = np.int64(u)
+    return count, u + reach[bin_] >= np.float64(count + 1)

@@ -197,3 +197,40 @@ def test_kernels_load_on_the_second_large_batch(compiled):
             "kernels.for_large_batch(); print('numba' in sys.modules, kernels.module() is None); "
             "kernels.for_large_batch(); print(kernels.module() is not None)")
     assert _in_subprocess(code) == ["False", "True", "True"]
+
+
+@pytest.mark.parametrize("kind", ["1-phase", "one sign to 128", "negative weights"])
+def test_window_counts_from_the_charges_products_equal_numpy(compiled, monkeypatch, kind):
+    """`cco.window_counts` with the advances computed in the compiled counts loop from the
+    charge's int8 products (`charge_digits`, also negated: durations up to 128) and the pairs
+    that clip overriding them (exact sums for mixed signs, the clipped start for one sign),
+    against numpy's path."""
+    from pcmhil.model.cco import window_counts
+    from pcmhil.model.drive import charge_digits, currents_may_leave
+
+    if not int_gemm.warm_up():
+        pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
+                    "is not exact on this CPU (model/int_gemm.py)")
+    rng = np.random.default_rng(len(kind))
+    rows, cols, windows, n = 64, 20, 150, 128
+    w_int = rng.integers(-3000, 3001, (rows, cols))
+    if kind != "1-phase":
+        w_int = np.abs(w_int) * (-1 if kind == "negative weights" else 1)
+    w = SelectedConductance.of(w_int)
+    fmax = 3 * 2**32
+    transfer = CcoTransfer(((fmax // 2) // np.maximum(w.reach // 4, 1)).astype(np.int64),
+                           np.full(cols, fmax // 2, dtype=np.int64), fmax, 384 * 2**32 / 0.02, 0.1)
+    if kind == "1-phase":
+        x = rng.integers(-128, 128, (windows, rows))
+        d, s = np.abs(x), np.where(x < 0, -1, 1)
+    else:
+        d = rng.integers(0, 129, (windows, rows)) * (rng.random((windows, rows)) < 0.3)
+        s = np.ones((windows, rows), dtype=np.int8)
+        d[0, 0] = 128
+    d, s = check_drive(d, s, rows, n, batched=True)
+    ops, key = rng.integers(0, 2**40, windows).astype(np.uint64), KeyedRng(9, 1)
+    assert charge_digits(w, d, s)[1] == (kind != "1-phase")  # negated for durations up to 128
+    assert len(currents_may_leave(w, d, s, n, *transfer.current_limits)[0])  # pairs that may clip
+    got = window_counts(transfer, key, w, d, s, n, ops)
+    monkeypatch.setattr(kernels, "module", lambda: None)
+    assert np.array_equal(got, window_counts(transfer, key, w, d, s, n, ops))
