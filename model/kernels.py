@@ -1,22 +1,32 @@
-"""Compiled per-pair loops of the window path (numba), when numba is installed: the exact scans
-and sums of the (window, column) pairs the current bounds leave open (drive.py, cco.py).
+"""Compiled loops of the window path (numba): what numpy does there as many passes over whole
+arrays, done an element or a pair at a time in one loop each.
 
-These loops walk one column's terms s_i W[i, j] over a window's rows sorted by decreasing
-duration: the currents of the window's cycles are the prefix sums at the ends of the runs of
-equal durations (docs/numerics.md section 9). numpy does them as a few operations per sorted
-position over all pairs at once (`drive._prefix_scan`, `CcoTransfer.exact_advance`), which
-gathers and stores every prefix sum; compiled, each pair is a loop over its rows in registers.
-Both compute the same integers (int64 throughout, no rounding), so every count is the same
-either way; tests/test_model_kernels.py compares them on random drives, and the equivalence
-tests run the twin on both paths.
+- the band test's elementwise steps (`drive._Int8Bounds.failures`): its int8 left operands from
+  the durations (`band_operands`), and its verdicts from the int8 GEMM's digit products, with
+  the failed pairs' scan starts (`band_failures`), instead of ~30 numpy passes over
+  (bands, windows, cols) arrays;
+- the exact scans and sums of the pairs left open (`scan_pairs`, `exact_pairs`): one column's
+  terms s_i W[i, j] walked over the window's rows sorted by decreasing duration, whose prefix
+  sums at the ends of runs of equal durations are the cycles' currents (docs/numerics.md
+  section 9); numpy does them a sorted position at a time over all pairs
+  (`drive._prefix_scan`, `CcoTransfer.exact_advance`), gathering and storing every prefix sum;
+- the counts (`bracketed_counts`, `charged_counts`): the keyed hash, the noise bracket and the
+  pulses of `CcoTransfer.counts_after` per element, the advance computed in the same loop from
+  the charge's int8 products (`CcoTransfer.counts_of_charge`).
 
-Numba is optional (it is a dependency, but `PCMHIL_JIT=0` turns it off, and an import that
-fails leaves numpy's path). Like torch's import (`int_gemm`), it happens on a process's second
-large batch (`for_large_batch`) or by `warm_up`, in the calling thread: its compiled code is
-cached on disk (numba's `cache=True`, in `__pycache__` beside this file), so the first process
-on a machine compiles (~10 s) and later ones load it (~0.5 s with numba's import). Before they
-are used, the scans and exact sums are checked against the per-cycle contract (`_self_check`)
-and a small batch through the whole window path against numpy's path (`_counts_agree`).
+Each computes the same integers, or the same IEEE operations in the same order (numba fuses no
+multiply-add without fastmath), as numpy's path, so every count is the same either way:
+tests/test_model_kernels.py compares each with numpy's version or the per-cycle contract, and
+the window tests and the equivalence regression run the twin on both paths.
+
+Numba is a dependency, but `PCMHIL_JIT=0` turns the kernels off, and an import or a check that
+fails leaves numpy's path. Like torch's import (`int_gemm`), loading happens on a process's
+second large batch (`for_large_batch`) or by `warm_up`, in the calling thread; the compiled
+code is cached on disk (numba's `cache=True`, in `__pycache__` beside this file), so the first
+process on a machine compiles (~10 s) and later ones load it (~0.5 s with numba's import).
+Before they are used, the scans and exact sums are checked against the per-cycle contract
+(`_self_check`) and a small batch through the whole window path against numpy's path
+(`_counts_agree`), which also compiles every kernel for the argument types the path gives it.
 """
 
 from __future__ import annotations
@@ -37,7 +47,8 @@ _state = {"kernels": None, "tried": False, "large_batches": 0}
 
 
 def module():
-    """The compiled kernels (`scan_pairs`, `exact_pairs`), once loaded and checked; else None."""
+    """The compiled kernels (a namespace of the functions the module doc lists), once loaded and
+    checked; else None."""
     return _state["kernels"]
 
 

@@ -1,5 +1,7 @@
 """A second process for the windows of large batches: part of a batch's windows run there while
-the calling thread runs the rest (`CCO._halves`).
+the calling thread runs the rest (`CCO._halves`), where the windows' per-pair loops run on
+numpy's path (no numba, or `PCMHIL_JIT=0`: `kernels`). With them compiled, a window makes few
+numpy calls, and two threads of the caller beat this process's pipes (`CCO._halves`).
 
 Why a process. Every window's count depends on that window alone, so the halves of a batch can
 run at once, and numpy and BLAS release the GIL inside their loops. But in two threads of one
