@@ -79,9 +79,9 @@ def _load():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows, _grown, _bracketed_count  # noqa: PLW0603 - numba resolves callees by name
+    global _sorted_rows, _grown, _bracketed_row  # noqa: PLW0603 - numba resolves callees by name
     jit = numba.njit(nogil=True, cache=True)
-    _sorted_rows, _grown, _bracketed_count = jit(_sorted_rows), jit(_grown), jit(_bracketed_count)
+    _sorted_rows, _grown, _bracketed_row = jit(_sorted_rows), jit(_grown), jit(_bracketed_row)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
                               band_operands=jit(_band_operands), band_failures=jit(_band_failures),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
@@ -158,39 +158,42 @@ def _terms(w_int: np.ndarray) -> np.ndarray:
 # ---- the loops (plain Python; compiled by `_load`) ----------------------------------------------
 
 
-def _sorted_rows(d, s, b, order, durations):
+def _sorted_rows(d, s, b, order, durations, starts):
     """Window b's conducting rows by decreasing duration into order[:count] (signed term index:
     row, or rows + row for negative polarity) and their durations into durations[:count], with
-    durations[count] = 0; returns count. Order within a run of equal durations is arbitrary."""
+    durations[count] = 0; returns count. Order within a run of equal durations is arbitrary.
+    Durations up to _COUNTING_SORT_MAX by counting (starts: scratch of that size + 2; the rows
+    of duration 0 go last, in the same branch-free pass), longer ones by a merge sort."""
     rows = d.shape[1]
     longest = 0
-    count = 0
     for i in range(rows):
-        if d[b, i] > 0:
-            count += 1
-            if d[b, i] > longest:
-                longest = d[b, i]
+        longest = max(longest, d[b, i])
     if longest <= _COUNTING_SORT_MAX:
-        starts = np.zeros(longest + 2, np.int64)  # starts[v]: first position of duration v
+        for v in range(longest + 1):
+            starts[v] = 0
         for i in range(rows):
             starts[d[b, i]] += 1
+        count = rows - starts[0]
         position = 0
-        for v in range(longest, 0, -1):
+        for v in range(longest, 0, -1):  # starts[v]: the first position of duration v
             n = starts[v]
             starts[v] = position
             position += n
+        starts[0] = count
         for i in range(rows):
             v = d[b, i]
-            if v > 0:
-                order[starts[v]] = i + rows if s[b, i] < 0 else i
-                durations[starts[v]] = v
-                starts[v] += 1
+            at = starts[v]
+            order[at] = i + rows * (s[b, i] < 0)
+            durations[at] = v
+            starts[v] = at + 1
     else:
         by_duration = np.argsort(-d[b].astype(np.int64), kind="mergesort")
-        for p in range(count):
+        count = 0
+        for p in range(rows):
             i = by_duration[p]
-            order[p] = i + rows if s[b, i] < 0 else i
+            order[p] = i + rows * (s[b, i] < 0)
             durations[p] = d[b, i]
+            count += d[b, i] > 0
     durations[count] = 0
     return count
 
@@ -206,12 +209,13 @@ def _scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, o
     rows = d.shape[1]
     order = np.empty(rows, np.int64)
     durations = np.empty(rows + 1, np.int64)
+    starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
     current_window = -1
     count = 0
     for p in range(len(window)):
         b = window[p]
         if b != current_window:
-            count = _sorted_rows(d, s, b, order, durations)
+            count = _sorted_rows(d, s, b, order, durations, starts)
             current_window = b
         j = column[p]
         current = value[p]
@@ -229,12 +233,13 @@ def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fma
     rows = d.shape[1]
     order = np.empty(rows, np.int64)
     durations = np.empty(rows + 1, np.int64)
+    starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
     current_window = -1
     count = 0
     for p in range(len(window)):
         b = window[p]
         if b != current_window:
-            count = _sorted_rows(d, s, b, order, durations)
+            count = _sorted_rows(d, s, b, order, durations, starts)
             current_window = b
         j = column[p]
         current = 0
@@ -344,59 +349,77 @@ def _grown(array):
 
 def _bracketed_counts(per_op, per_lane, bin_shift, lowest, reach, advance, knee, k, kc, scale, counts, open_):
     """`cco.CcoTransfer.counts_after`'s bracketed counts of the windows' advances (windows,
-    cols) float64: `_bracketed_count` of each, open_ where the count at the bin's high end may
-    be higher (those take the caller's exact path)."""
-    windows, cols = advance.shape
-    for b in range(windows):
-        for j in range(cols):
-            counts[b, j], open_[b, j] = _bracketed_count(per_op[b], per_lane[j], advance[b, j], bin_shift,
-                                                         lowest, reach, knee, k, kc, scale)
+    cols) float64 (`_bracketed_row`), open_ where the count at the bin's high end may be higher
+    (those take the caller's exact path)."""
+    bins = np.empty(advance.shape[1], np.int64)
+    for b in range(advance.shape[0]):
+        _bracketed_row(per_op[b], per_lane, advance[b], bin_shift, lowest, reach, knee, k, kc, scale, bins,
+                       counts[b], open_[b])
 
 
 def _charged_counts(charge, negated, gain, n_offset, pair_index, pair_advance, per_op, per_lane, bin_shift,
                     lowest, reach, knee, k, kc, scale, counts, open_, open_advance):
-    """`_bracketed_counts` with each advance computed here from the charge's int8 products
-    (`drive.charge_digits`: Q = (-1 if negated) sum_k 256**k charge[k], (digits, windows, cols)
-    int32) as `cco.window_counts` does in float64: Q gain + n offset (gain, n_offset float64
-    (cols,); the same two roundings, none where nothing clips), except for the pairs of the
-    flat indices pair_index (window cols + column, ascending), whose advance is pair_advance.
-    open_advance: the advance of each open element (for the caller's exact path)."""
+    """`_bracketed_counts` with each window's advances computed here from the charge's int8
+    products (`drive.charge_digits`: Q = (-1 if negated) sum_k 256**k charge[k], (digits,
+    windows, cols) int32) as `cco.window_counts` does in float64: Q gain + n offset (gain,
+    n_offset float64 (cols,); the same two roundings, none where nothing clips), except for the
+    pairs of the flat indices pair_index (window cols + column, ascending), whose advance is
+    pair_advance. open_advance: the advance of each open element (for the caller's exact
+    path)."""
     digits, windows, cols = charge.shape
+    advance = np.empty(cols)
+    bins = np.empty(cols, np.int64)
+    sign = -1 if negated else 1
     p = 0
     for b in range(windows):
-        for j in range(cols):
-            if p < len(pair_index) and pair_index[p] == b * cols + j:
-                advance = pair_advance[p]
-                p += 1
-            else:
+        if digits == 1:  # one loop per digit count: a loop over the digits inside would not vectorise
+            for j in range(cols):
+                advance[j] = np.float64(sign * np.int64(charge[0, b, j])) * gain[j] + n_offset[j]
+        elif digits == 2:
+            for j in range(cols):
+                q = np.int64(charge[1, b, j]) * 256 + charge[0, b, j]
+                advance[j] = np.float64(sign * q) * gain[j] + n_offset[j]
+        else:
+            for j in range(cols):
                 q = np.int64(charge[digits - 1, b, j])
                 for d in range(digits - 2, -1, -1):
                     q = q * 256 + charge[d, b, j]
-                advance = np.float64(-q if negated else q) * gain[j] + n_offset[j]
-            count, is_open = _bracketed_count(per_op[b], per_lane[j], advance, bin_shift, lowest, reach,
-                                              knee, k, kc, scale)
-            counts[b, j] = count
-            open_[b, j] = is_open
-            if is_open:
-                open_advance[b, j] = advance
+                advance[j] = np.float64(sign * q) * gain[j] + n_offset[j]
+        while p < len(pair_index) and pair_index[p] < (b + 1) * cols:
+            advance[pair_index[p] - b * cols] = pair_advance[p]
+            p += 1
+        _bracketed_row(per_op[b], per_lane, advance, bin_shift, lowest, reach, knee, k, kc, scale, bins,
+                       counts[b], open_[b])
+        for j in range(cols):
+            if open_[b, j]:
+                open_advance[b, j] = advance[j]
 
 
-def _bracketed_count(op_key, lane_key, advance, bin_shift, lowest, reach, knee, k, kc, scale):
-    """(count, open) of one window and column: the hash splitmix64(op_key ^ lane_key)
-    (`keyed_rng.KeyedRng.bits`), its bin (the hash's top 64 - bin_shift bits)'s lowest phase
-    plus the advance, pulses by the same IEEE operations as `CcoTransfer._pulses_real` (knee,
-    k = 1 / (2 knee), kc = k knee**2 and scale as it computes them; no fused multiply-add:
-    numba contracts nothing without fastmath), the count truncated, and open where the count
-    at the bin's high end may be higher."""
-    z = (op_key ^ lane_key) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    bin_ = np.int64(z >> np.uint64(bin_shift))
-    u = max(lowest[bin_] + advance, 0.0)
+def _bracketed_row(op_key, per_lane, advance, bin_shift, lowest, reach, knee, k, kc, scale, bins, counts,
+                   open_):
+    """The counts and open flags of one window's columns: the hashes splitmix64(op_key ^
+    per_lane[j]) (`keyed_rng.KeyedRng.bits`), their bins (the hash's top 64 - bin_shift bits)'s
+    lowest phase plus the advance, pulses by the same IEEE operations as
+    `CcoTransfer._pulses_real` (knee, k = 1 / (2 knee), kc = k knee**2 and scale as it computes
+    them; no fused multiply-add: numba contracts nothing without fastmath), the count
+    truncated, and open where the count at the bin's high end may be higher. Hashes and
+    pulses in separate loops, the nonlinearity's branch outside: both then vectorise."""
+    shift = np.uint64(bin_shift)
+    for j in range(len(per_lane)):
+        z = (op_key ^ per_lane[j]) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        bins[j] = np.int64(z >> shift)
     if knee > 0:
-        v = knee - min(u, knee)
-        u = kc - v * v * k
-    u *= scale
-    count = np.int64(u)
-    return count, u + reach[bin_] >= np.float64(count + 1)
+        for j in range(len(per_lane)):
+            u = max(lowest[bins[j]] + advance[j], 0.0)
+            v = knee - min(u, knee)
+            u = (kc - v * v * k) * scale
+            counts[j] = np.int64(u)
+            open_[j] = u + reach[bins[j]] >= np.float64(counts[j] + 1)
+    else:
+        for j in range(len(per_lane)):
+            u = max(lowest[bins[j]] + advance[j], 0.0) * scale
+            counts[j] = np.int64(u)
+            open_[j] = u + reach[bins[j]] >= np.float64(counts[j] + 1)
