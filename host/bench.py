@@ -79,8 +79,9 @@ def _cosim(geometry: Geometry, mode: str, count: int, seed: int, preset: str, pr
 def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str = "hermes-2dev",
                repeats: int = 5, weights: str = "uniform") -> dict:
     """The twin's MVM/s on a batch of int8 vectors through Chip.mvm, and a numpy float64 matmul
-    of the same batch: medians of `repeats` runs each, the twin's first (the matmul's BLAS
-    threads may go on spinning after a call and slow a single-threaded run that follows)."""
+    of the same batch: medians of `repeats` runs each after one run not timed, the twin's first
+    (the matmul's BLAS threads may go on spinning after a call and slow a single-threaded run
+    that follows)."""
     twin = _programmed_chip("twin", geometry, seed, preset, weights=weights)
     analog = twin.transport.tiles[0].analog
     x = np.random.default_rng(seed + 1).integers(-128, 128, (batch, geometry.rows)).astype(np.int8)
@@ -89,6 +90,7 @@ def bench_twin(geometry: Geometry, batch: int = 1000, seed: int = 0, preset: str
     compiled = kernels.warm_up()  # the windows' per-pair loops compiled (model/kernels.py): large
     # batches in two threads; without them, half in the second process (model/window_worker.py)
     worker = not compiled and window_worker.warm_up(batch)
+    twin.mvm(0, x)  # warm up the large batch's path (its second thread, buffers, band count): steady state
     runs = []
     for _ in range(repeats):
         model_before, start = analog.busy_s, time.perf_counter()
