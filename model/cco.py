@@ -238,18 +238,18 @@ class CcoTransfer:
         return counts
 
     def counts_of_charge(self, rng: KeyedRng, op_indices: np.ndarray, charge: np.ndarray, negated: bool,
-                         n_window_cycles: int, pairs: np.ndarray, pair_advance: np.ndarray, compiled
-                         ) -> np.ndarray:
+                         n_window_cycles: int, pairs: np.ndarray, pair_advance: np.ndarray, compiled,
+                         out: np.ndarray | None = None) -> np.ndarray:
         """`counts_after` of the advances n offset + gain Q, with Q from the charge's int8
         products (`drive.charge_digits`: (digits, windows, cols), negated) and the same float64
         operations as `window_counts`, except the pairs of the flat indices `pairs` (window
         cols + column, ascending), whose advance is pair_advance: one compiled loop (`kernels`)
         for what otherwise takes a float64 charge and a dozen passes over it. For sigma_out > 0
-        (the bracket)."""
+        (the bracket). Into `out` (int64 (windows, cols)) if given."""
         lowest, reach = self._phase_brackets
         per_op, per_lane = rng.keys(Stream.CCO_OUTPUT, op_indices, len(self.gain))
         shape = charge.shape[1:]
-        counts = np.empty(shape, dtype=np.int64)
+        counts = np.empty(shape, dtype=np.int64) if out is None else out
         open_ = np.empty(shape, dtype=np.bool_)
         open_advance = np.empty(shape)
         n_offset = (n_window_cycles * self.offset).astype(np.float64)
@@ -524,11 +524,7 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
             pairs = np.argsort(window * w.cols + column)  # ascending flat indices (they almost are)
             window, column = window[pairs], column[pairs]
             advance = _pair_advances(t, w, d, s, n, window, column, *charge)
-            counts = t.counts_of_charge(rng, ops, *charge, n, window * w.cols + column, advance, compiled)
-            if out is None:
-                return counts
-            out[...] = counts
-            return out
+            return t.counts_of_charge(rng, ops, *charge, n, window * w.cols + column, advance, compiled, out)
     # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
     advance = integrated_charge(w, d, s, dtype=np.float64)
     advance *= t.gain
