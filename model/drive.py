@@ -22,7 +22,9 @@ the cycles the bounds did not prove.
 With torch installed, batches of windows take these matmuls as exact integer products on int8
 digits instead (`int_gemm`: the charge of 1-phase and 4-phase windows, the current tests'
 `_Int8Bounds`), about four times faster; their tests then need no rounding margin, and every
-count is the same either way (tests/test_model_cco.py runs both paths).
+count is the same either way (tests/test_model_cco.py runs both paths). With the compiled
+kernels loaded (`kernels`), the band test's elementwise steps and the exact scans run as
+compiled loops, the scan for any number of failed pairs (`CurrentBounds.may_leave`).
 """
 
 from __future__ import annotations
@@ -337,9 +339,10 @@ class CurrentBounds:
         matmul decides (`_sign_definite_test`); else (1-phase windows, whose signed terms
         cancel) a band test on every window (`_band_test`, `bands` bands, `_adapt_bands`), then,
         if many pairs are left, an exact scan of their currents in the bands they failed
-        (`_prefix_scan`). Each test is a proof on its own, so a pair is listed only if every
-        test failed it. The one-sign and band tests run on exact integers where `int8` allows
-        (`_Int8Bounds`), else in float32 with the margins their docs prove.
+        (`_prefix_scan`; compiled, `kernels.scan_pairs`, for any number of pairs, cheaper per
+        pair than the exact sums it spares them). Each test is a proof on its own, so a pair is
+        listed only if every test failed it. The one-sign and band tests run on exact integers
+        where `int8` allows (`_Int8Bounds`), else in float32 with the margins their docs prove.
         """
         w = self.w
         check_exact(w, n_window_cycles)
@@ -458,6 +461,10 @@ class CurrentBounds:
         d > e_g_lo conduct. C_bands = 0 and C_g = A_g - C_g+1 are exact on the int8 path, and
         when every partial sum of the float32 matmul is an integer below 2**24 (2 reach < 2**24,
         `exact32`).
+
+        `compiled` (the loaded `kernels`): the scan starts for any number of pairs (the compiled
+        scan takes them all), and on the int8 path the elementwise steps compiled
+        (`_Int8Bounds.failures`).
         """
         bands = self.bands
         exact = self.int8(len(d))

@@ -16,22 +16,18 @@ project's machine (`torch._int_mm`, one thread, 1,000 x 256 @ 256 x 256): 0.15-0
 where numpy takes 0.87 ms in float32 and 2.0 ms in float64.
 
 Torch is optional (the `torch` extra). Where it is missing, disabled (PCMHIL_INT_GEMM=0) or not
-imported yet, callers take numpy's float path with the same results. It is imported on the
-second large batch of a process (`for_large_batch`: a program that runs one, e.g. `pcmhil mvm`,
-does not pay the ~1 s, as for the window worker), or by `warm_up` (e.g. before a benchmark), in
-the calling thread: an import in a background thread would leave a child forked meanwhile
-unable ever to import torch (its locks held by a thread the child does not have), and a fork
-cannot wait for it either (logging's fork handler holds a lock the import needs). The window
+imported yet, callers take numpy's float path with the same results. It is imported (~1 s) on
+the second large batch of a process or by `warm_up`, in the calling thread (`lazy`). The window
 worker process imports it before it reports ready (`window_worker`).
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from contextlib import contextmanager
 
 import numpy as np
+
+from . import lazy
 
 _ENV_SWITCH = "PCMHIL_INT_GEMM"
 #: Digit base and the range of a balanced digit.
@@ -41,44 +37,35 @@ _DIGIT_MIN = -128
 #: (~20 us) exceeds what it saves.
 MIN_ROWS = 64
 
-_lock = threading.Lock()
-_state = {"torch": None, "tried": False, "large_batches": 0}
-
 
 def module():
     """torch, once imported and found exact here; else None (numpy's path)."""
-    return _state["torch"]
+    return _loader.loaded
 
 
 def for_large_batch() -> None:
     """Count a batch of at least MIN_ROWS windows; on the process's second, import torch (once;
     this batch and all later ones then use it if it is there and exact)."""
-    if _state["tried"]:
-        return
-    _state["large_batches"] += 1
-    if _state["large_batches"] >= 2:
-        warm_up()
+    _loader.for_large_batch()
 
 
 def warm_up() -> bool:
     """Import torch now (once; if installed and enabled) and check its kernel; whether the
     int8 path is available."""
-    with _lock:
-        if not _state["tried"]:
-            _state["tried"] = True
-            if os.environ.get(_ENV_SWITCH, "1") != "0":
-                _state["torch"] = _import()
-    return _state["torch"] is not None
+    return _loader.warm_up()
 
 
 def _import():
-    """torch if it imports and its int8 GEMM is exact here, else None."""
+    """torch if it imports and its int8 GEMM is exact here, else None (`_loader`)."""
     try:
         import torch
 
         return torch if _kernel_is_exact(torch) else None
     except Exception:  # noqa: BLE001 - no torch, or one without the kernel: numpy's path
         return None
+
+
+_loader = lazy.OnSecondLargeBatch(_ENV_SWITCH, _import)
 
 
 def _kernel_is_exact(torch) -> bool:

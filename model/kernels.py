@@ -31,50 +31,51 @@ Before they are used, the scans and exact sums are checked against the per-cycle
 
 from __future__ import annotations
 
-import os
-import threading
 from types import SimpleNamespace
 
 import numpy as np
+
+from . import lazy
 
 _ENV_SWITCH = "PCMHIL_JIT"
 #: Durations up to this many cycles are sorted by counting (O(rows + longest) per window); a
 #: window with longer ones (a long VERIFY_ROW window) by a merge sort.
 _COUNTING_SORT_MAX = 4096
 
-_lock = threading.Lock()
-_state = {"kernels": None, "tried": False, "large_batches": 0}
-
 
 def module():
     """The compiled kernels (a namespace of the functions the module doc lists), once loaded and
     checked; else None."""
-    return _state["kernels"]
+    return _loader.loaded
 
 
 def for_large_batch() -> None:
     """Count a batch of many windows; on the process's second, load the kernels (once)."""
-    if _state["tried"]:
-        return
-    _state["large_batches"] += 1
-    if _state["large_batches"] >= 2:
-        warm_up()
+    _loader.for_large_batch()
 
 
 def warm_up() -> bool:
     """Load (compile or read from the cache) and check the kernels now, once; whether they are
     available."""
-    with _lock:
-        if not _state["tried"]:
-            _state["tried"] = True
-            if os.environ.get(_ENV_SWITCH, "1") != "0" and (loaded := _load()) is not None:
-                _state["kernels"] = loaded
-                if not _counts_agree():
-                    _state["kernels"] = None
-    return _state["kernels"] is not None
+    return _loader.warm_up()
 
 
 def _load():
+    """The kernels compiled (or read from numba's cache), if both checks pass (`_self_check`,
+    `_counts_agree`); else None (`_loader`)."""
+    kernels = _compiled()
+    if kernels is None or not _self_check(kernels):
+        return None
+    _loader.loaded = kernels  # for the whole window path to take them in the check
+    try:
+        return kernels if _counts_agree() else None
+    finally:
+        _loader.loaded = None
+
+
+def _compiled():
+    """The kernels as numba dispatchers (each compiled, or read from the cache, on its first
+    call for a set of argument types), or None without numba."""
     try:
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
@@ -85,7 +86,10 @@ def _load():
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
                               band_operands=jit(_band_operands), band_failures=jit(_band_failures),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
-    return kernels if _self_check(kernels) else None
+    return kernels
+
+
+_loader = lazy.OnSecondLargeBatch(_ENV_SWITCH, _load)
 
 
 def _self_check(kernels) -> bool:
@@ -142,11 +146,11 @@ def _counts_agree() -> bool:
         compiled = window_counts(transfer, key, w, d, s, n, ops)
     except Exception:  # noqa: BLE001 - a kernel that does not compile for these types: numpy's path
         return False
-    loaded, _state["kernels"] = _state["kernels"], None
+    loaded, _loader.loaded = _loader.loaded, None
     try:
         return bool(np.array_equal(compiled, window_counts(transfer, key, w, d, s, n, ops)))
     finally:
-        _state["kernels"] = loaded
+        _loader.loaded = loaded
 
 
 def _terms(w_int: np.ndarray) -> np.ndarray:
