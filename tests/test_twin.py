@@ -99,6 +99,32 @@ def test_ldpu_rounds_half_up_and_saturates():
         [2, 0, 3, 0, 127, 0, 0]
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_compiled_ldpu_of_a_batch_equals_numpy(monkeypatch, relu):
+    """The compiled LDPU loop of a batch (with the analog model's kernels loaded) against numpy's
+    passes: raw over the 12-bit counter and past it both ways, gains and biases at their
+    widths' extremes, every shift (0 = none, 31 = the widest)."""
+    from pcmhil.model import kernels
+
+    assert kernels.warm_up(), "numba is a dependency (pyproject.toml): the compiled kernels must load"
+    rng = np.random.default_rng(31 + relu)
+    raw = rng.integers(-8190, 8191, (64, 40))
+    gain = rng.integers(-2**15, 2**15, 40)
+    bias = rng.integers(-2**31, 2**31, 40)
+    gain[:2], bias[:2] = [-2**15, 2**15 - 1], [-2**31, 2**31 - 1]
+    gain[20:], bias[20:] = rng.integers(-8, 9, 20), rng.integers(-1000, 1001, 20)  # codes off the rails
+    raw[0, :2] = [8190, -8190]
+    between = 0
+    for shift in range(32):
+        compiled = ldpu(raw.copy(), gain, bias, shift, relu)
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels, "module", lambda: None)
+            expected = ldpu(raw.copy(), gain, bias, shift, relu)
+        assert compiled.dtype == np.int8 and np.array_equal(compiled, expected), shift
+        between += int(((expected > -128) & (expected < 127) & (expected != 0)).sum())
+    assert between > 1000  # codes between the rails were compared, not only saturated ones
+
+
 def test_saturation_is_counted_per_column_window():
     chip, (analog,) = make(rows=8, cols=12)
     analog.offset_per_cycle = 40  # 40 * 128 cycles > COUNTER_MAX in every column
