@@ -515,7 +515,9 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
     """Counts (B, cols) of the windows (d, s) of operations ops (checked, on the rows they
     drive: `CCO._counts`), into `out` (int64) if given; `coarse`: in one of two threads (fewer,
     larger numpy calls: `_TAIL_CHUNK_WINDOWS`). Also what the worker process runs
-    (`window_worker`)."""
+    (`window_worker`). With the compiled kernels, noisy CCOs and the charge on the int8 path,
+    the advances are computed in the counts loop from the charge's int8 products
+    (`CcoTransfer.counts_of_charge`); else as a float64 array here. The same counts either way."""
     window, column = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse)
     compiled = kernels.module()
     if compiled is not None and t.output_noise_pulses > 0 and len(d) >= _BRACKET_MIN_WINDOWS:

@@ -97,10 +97,12 @@ def _self_check(kernels) -> bool:
     matrix product) on small random drives of both polarities. Their durations are distinct
     (one may be 0), so every prefix sum the scan tests is the current of a cycle: it must flag
     exactly the pairs whose currents leave the limits."""
+    from .drive import signed_terms  # it imports this module
+
     rng = np.random.default_rng(12345)
     rows, cols, windows = 9, 5, 4
     w = rng.integers(-50, 51, (rows, cols))
-    terms = _terms(w)
+    terms = signed_terms(w).reshape(cols, -1)
     d = np.array([rng.permutation(rows + 1)[:rows] for _ in range(windows)], dtype=np.int16)
     s = rng.choice(np.array([-1, 1], dtype=np.int8), (windows, rows))
     window = np.repeat(np.arange(windows), cols)
@@ -153,13 +155,7 @@ def _counts_agree() -> bool:
         _loader.loaded = loaded
 
 
-def _terms(w_int: np.ndarray) -> np.ndarray:
-    """The (cols, 2 rows + 1) int64 table of `drive.signed_terms`."""
-    rows, cols = w_int.shape
-    return np.concatenate([w_int.T, -w_int.T, np.zeros((cols, 1), w_int.dtype)], axis=1).astype(np.int64)
-
-
-# ---- the loops (plain Python; compiled by `_load`) ----------------------------------------------
+# ---- the loops (plain Python; compiled by `_compiled`) ------------------------------------------
 
 
 def _sorted_rows(d, s, b, order, durations, starts):
