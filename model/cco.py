@@ -232,9 +232,7 @@ class CcoTransfer:
         open_ = real >= counts + 1  # the count at the bracket's high end may be higher
         if open_.any():
             open_ = np.flatnonzero(open_)  # flat: np.nonzero of a 2-D array is ~10x slower
-            phase = self._phase_of(normal_of_bits(bits.ravel()[open_]))
-            phase += advance.ravel()[open_]
-            counts.ravel()[open_] = self.cumulative_pulses(phase)
+            counts.ravel()[open_] = self._counts_of_bits(bits.ravel()[open_], advance.ravel()[open_])
         return counts
 
     def counts_of_charge(self, rng: KeyedRng, op_indices: np.ndarray, charge: np.ndarray, negated: bool,
@@ -268,9 +266,15 @@ class CcoTransfer:
             return
         flat = np.flatnonzero(open_)
         window, column = np.divmod(flat, open_.shape[1])
-        phase = self._phase_of(normal_of_bits(splitmix64(per_op[window] ^ per_lane[column])))
-        phase += advance.ravel()[flat]
-        counts.ravel()[flat] = self.cumulative_pulses(phase)
+        counts.ravel()[flat] = self._counts_of_bits(splitmix64(per_op[window] ^ per_lane[column]),
+                                                    advance.ravel()[flat])
+
+    def _counts_of_bits(self, bits: np.ndarray, advance: np.ndarray) -> np.ndarray:
+        """cumulative_pulses(phi_0 + advance) of elements given by their noise hashes (phi_0
+        from ndtri: `_phase_of`, `normal_of_bits`), where the bracket left the count open."""
+        phase = self._phase_of(normal_of_bits(bits))
+        phase += advance
+        return self.cumulative_pulses(phase)
 
     @cached_property
     def _gain_float(self) -> np.ndarray:

@@ -739,14 +739,10 @@ def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: n
     windows, pair_window = np.unique(window, return_inverse=True)
     signed, _ = rows_by_duration(d[windows], s[windows], durations=False)
     positions = signed.shape[1]
-    if start is None:
-        value = np.zeros(len(window), dtype=w.scan_terms.dtype)
-        first = np.zeros(len(window), dtype=np.intp)
-        length = np.full(len(window), positions)
-    else:
-        value = start[0].astype(w.scan_terms.dtype)  # exact integers (`exact32`)
-        first = np.minimum(start[1], positions)
-        length = np.minimum(start[2], positions) - first
+    start = _full_scan(len(window), w.rows) if start is None else start
+    value = start[0].astype(w.scan_terms.dtype)  # exact integers (`exact32`)
+    first = np.minimum(start[1], positions)
+    length = np.minimum(start[2], positions) - first
     # `block` positions of padding (the term index of no row, whose term is 0): a pair's last
     # block may run past its window's rows without reaching the next window's
     padded = np.full((len(signed), positions + block), 2 * w.rows, dtype=signed.dtype)

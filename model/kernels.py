@@ -80,9 +80,10 @@ def _compiled():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows, _grown, _bracketed_row  # noqa: PLW0603 - numba resolves callees by name
-    jit = numba.njit(nogil=True, cache=True)
-    _sorted_rows, _grown, _bracketed_row = jit(_sorted_rows), jit(_grown), jit(_bracketed_row)
+    global _sorted_rows, _pair_scratch, _rows_of_pair, _grown, _bracketed_row  # noqa: PLW0603 - numba
+    jit = numba.njit(nogil=True, cache=True)  # resolves callees by name: the compiled ones, bound first
+    _sorted_rows, _pair_scratch, _rows_of_pair = jit(_sorted_rows), jit(_pair_scratch), jit(_rows_of_pair)
+    _grown, _bracketed_row = jit(_grown), jit(_bracketed_row)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
                               band_operands=jit(_band_operands), band_failures=jit(_band_failures),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
@@ -198,6 +199,24 @@ def _sorted_rows(d, s, b, order, durations, starts):
     return count
 
 
+def _pair_scratch(rows):
+    """The scratch of a loop over pairs (`_rows_of_pair`): order, durations, the counting sort's
+    starts, and (window, count) of what they hold (none yet)."""
+    sorted_window = np.empty(2, np.int64)
+    sorted_window[0] = -1
+    starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
+    return np.empty(rows, np.int64), np.empty(rows + 1, np.int64), starts, sorted_window
+
+
+def _rows_of_pair(d, s, b, order, durations, starts, sorted_window):
+    """`_sorted_rows` of window b into the scratch, unless it holds them already (pairs grouped
+    by window sort each window once); returns the count of conducting rows."""
+    if sorted_window[0] != b:
+        sorted_window[1] = _sorted_rows(d, s, b, order, durations, starts)
+        sorted_window[0] = b
+    return sorted_window[1]
+
+
 def _scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, out):
     """out[p]: whether pair p's current (window[p], column[p]; pairs grouped by window) may
     leave [lower, upper] of its column in a cycle whose rows are a prefix of first[p] + 1 ..
@@ -206,17 +225,9 @@ def _scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, o
     `drive._prefix_scan`, every prefix sum is tested, also those inside a run of equal
     durations (the current of no cycle): a branch per run end would be mispredicted about
     every other row and cost more than the few pairs it would spare the exact sums."""
-    rows = d.shape[1]
-    order = np.empty(rows, np.int64)
-    durations = np.empty(rows + 1, np.int64)
-    starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
-    current_window = -1
-    count = 0
+    order, durations, starts, sorted_window = _pair_scratch(d.shape[1])
     for p in range(len(window)):
-        b = window[p]
-        if b != current_window:
-            count = _sorted_rows(d, s, b, order, durations, starts)
-            current_window = b
+        count = _rows_of_pair(d, s, window[p], order, durations, starts, sorted_window)
         j = column[p]
         current = value[p]
         highest = lowest = current
@@ -230,17 +241,9 @@ def _scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, o
 def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fmax, out):
     """out[p] = sum over the window's cycles of clip(offset + gain I_c, 0, fmax) for pair p
     (window[p], column[p]; grouped by window): `CcoTransfer.exact_advance`'s sum."""
-    rows = d.shape[1]
-    order = np.empty(rows, np.int64)
-    durations = np.empty(rows + 1, np.int64)
-    starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
-    current_window = -1
-    count = 0
+    order, durations, starts, sorted_window = _pair_scratch(d.shape[1])
     for p in range(len(window)):
-        b = window[p]
-        if b != current_window:
-            count = _sorted_rows(d, s, b, order, durations, starts)
-            current_window = b
+        count = _rows_of_pair(d, s, window[p], order, durations, starts, sorted_window)
         j = column[p]
         current = 0
         total = (n_window_cycles - durations[0]) * offset[j]  # after the longest duration

@@ -366,7 +366,7 @@ def _serve(requests, replies) -> None:
     matrices: OrderedDict[int, SelectedConductance] = OrderedDict()
     transfers: dict[bytes, CcoTransfer] = {}
     rngs: dict[tuple[int, int], KeyedRng] = {}
-    int_gemm.warm_up()  # torch's import (~1 s) and the compiled kernels (~0.5 s, the first time ~5 s)
+    int_gemm.warm_up()  # torch's import (~1 s) and the compiled kernels (~0.5 s, the first time ~9 s)
     kernels.warm_up()  # before the first request, not within its deadline
     reply(("ready", _FINGERPRINT))
     while True:
