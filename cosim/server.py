@@ -243,6 +243,10 @@ class Server:
         if verb == "pending":
             self.drain()
             return len(self.out_packets)
+        if verb == "warm_up":  # the model's compiled kernels now (else after many windows)
+            from pcmhil.model import kernels
+
+            return kernels.warm_up()
         if verb == "advance_time":
             for analog in self.analog:
                 analog.advance_time(args[0])

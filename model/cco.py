@@ -87,7 +87,12 @@ _TAIL_CHUNK_WINDOWS = {False: 64, True: 256}
 _NOISE_BIN_BITS = 12
 #: ... for chunks of at least this many windows: for fewer, the bracket's extra numpy calls cost
 #: more than ndtri on their few values (one window at 256 columns: ~65 us with, ~50 us without).
+#: The compiled bracket (`kernels`) is faster for any number (one window: ~30 us less).
 _BRACKET_MIN_WINDOWS = 8
+#: With the compiled kernels, calls of up to this many windows sum every pair exactly
+#: (`kernels.exact_windows`, ~45 us a window at 256 x 256) instead of the band test, the
+#: charge's matmul and the exact sums of the pairs that may clip (~300 us for one window).
+_EXACT_ALL_MAX_WINDOWS = 32
 #: `_driven_rows` restricts the matrix to the driven rows for batches of at least this many
 #: windows.
 _RESTRICT_MIN_WINDOWS = 64
@@ -209,12 +214,13 @@ class CcoTransfer:
         the counts at both ends of the bracket agree, that is the count. Only the rest (about
         sigma_out times a bin's width in z, ~0.1 % of them at sigma_out = 0.1) take ndtri,
         whose scalar loop costs 25 elementwise passes' worth (`initial_phase`)."""
-        if self.output_noise_pulses == 0 or len(op_indices) < _BRACKET_MIN_WINDOWS:
+        compiled = kernels.module()
+        if self.output_noise_pulses == 0 or (len(op_indices) < _BRACKET_MIN_WINDOWS and compiled is None):
             phase = self.initial_phase(rng, op_indices)
             phase += advance
             return self.cumulative_pulses(phase)
         lowest, reach = self._phase_brackets
-        if (compiled := kernels.module()) is not None:  # the same steps compiled, an element at a time
+        if compiled is not None:  # the same steps compiled, an element at a time (any number of windows)
             per_op, per_lane = rng.keys(Stream.CCO_OUTPUT, op_indices, len(self.gain))
             counts = np.empty(advance.shape, dtype=np.int64)
             open_ = np.empty(advance.shape, dtype=np.bool_)
@@ -469,10 +475,14 @@ class CCO:
         check_exact(w, int(d.max(initial=0)))  # on the whole matrix: the errors do not depend
         check_exact(w, n)                      # on which rows the batch drives
         w, d, s = _driven_rows(w, d, s)
-        w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
         if len(d) >= int_gemm.MIN_ROWS:  # from the second on: torch's int8 GEMM for the matmuls,
             int_gemm.for_large_batch()  # the pairs' scans and exact sums compiled
             kernels.for_large_batch()
+        else:
+            kernels.for_small_batch(len(d))
+        if len(d) <= _EXACT_ALL_MAX_WINDOWS and kernels.module() is not None:  # no matmul, no BLAS
+            return window_counts(self.transfer, self._rng, w, d, s, n, ops)
+        w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
         with single_threaded_blas():
             if len(d) < window_worker.MIN_WINDOWS:
                 return window_counts(self.transfer, self._rng, w, d, s, n, ops)
@@ -522,8 +532,16 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
     (`window_worker`). With the compiled kernels, noisy CCOs and the charge on the int8 path,
     the advances are computed in the counts loop from the charge's int8 products
     (`CcoTransfer.counts_of_charge`); else as a float64 array here. The same counts either way."""
-    window, column = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse)
     compiled = kernels.module()
+    if compiled is not None and len(d) <= _EXACT_ALL_MAX_WINDOWS:  # every pair's exact sum, compiled
+        advance = np.empty((len(d), w.cols), dtype=np.int64)
+        compiled.exact_windows(w.w_int, d, s, n, t.offset, t.gain, t.fmax, advance)
+        counts = t.counts_after(rng, ops, advance.astype(np.float64))
+        if out is None:
+            return counts
+        out[...] = counts
+        return out
+    window, column = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse)
     if compiled is not None and t.output_noise_pulses > 0 and len(d) >= _BRACKET_MIN_WINDOWS:
         charge = charge_digits(w, d, s)  # the int8 products; None where the charge takes numpy's path
         if charge is not None:

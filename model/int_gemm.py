@@ -65,7 +65,7 @@ def _import():
         return None
 
 
-_loader = lazy.OnSecondLargeBatch(_ENV_SWITCH, _import)
+_loader = lazy.LazyLoad(_ENV_SWITCH, _import)
 
 
 def _kernel_is_exact(torch) -> bool:

@@ -10,6 +10,8 @@ arrays, done an element or a pair at a time in one loop each.
   sums at the ends of runs of equal durations are the cycles' currents (docs/numerics.md
   section 9); numpy does them a sorted position at a time over all pairs
   (`drive._prefix_scan`, `CcoTransfer.exact_advance`), gathering and storing every prefix sum;
+- the exact sums of every pair of a few windows (`exact_windows`: a co-simulation's windows
+  come one at a time), a sorted row at a time over all columns, without the band test;
 - the counts (`bracketed_counts`, `charged_counts`): the keyed hash, the noise bracket and the
   pulses of `CcoTransfer.counts_after` per element, the advance computed in the same loop from
   the charge's int8 products (`CcoTransfer.counts_of_charge`).
@@ -21,7 +23,8 @@ the window tests and the equivalence regression run the twin on both paths.
 
 Numba is a dependency, but `PCMHIL_JIT=0` turns the kernels off, and an import or a check that
 fails leaves numpy's path. Like torch's import (`int_gemm`), loading happens on a process's
-second large batch (`for_large_batch`) or by `warm_up`, in the calling thread; the compiled
+second large batch (`for_large_batch`), after LOAD_AFTER_SMALL_WINDOWS windows in small batches
+(`for_small_batch`) or by `warm_up`, in the calling thread; the compiled
 code is cached on disk (numba's `cache=True`, in `__pycache__` beside this file), so the first
 process on a machine compiles (~10 s) and later ones load it (~0.5 s with numba's import).
 Before they are used, the scans and exact sums are checked against the per-cycle contract
@@ -38,6 +41,10 @@ import numpy as np
 from . import lazy
 
 _ENV_SWITCH = "PCMHIL_JIT"
+#: A process that counts windows a few at a time (a co-simulation's transaction mode: one per
+#: call) loads the kernels after this many: loading costs ~0.5 s (cached), and they save
+#: ~0.2-0.4 ms a window at 256 x 256 (`cco._EXACT_ALL_MAX_WINDOWS`).
+LOAD_AFTER_SMALL_WINDOWS = 1024
 #: Durations up to this many cycles are sorted by counting (O(rows + longest) per window); a
 #: window with longer ones (a long VERIFY_ROW window) by a merge sort.
 _COUNTING_SORT_MAX = 4096
@@ -52,6 +59,12 @@ def module():
 def for_large_batch() -> None:
     """Count a batch of many windows; on the process's second, load the kernels (once)."""
     _loader.for_large_batch()
+
+
+def for_small_batch(windows: int) -> None:
+    """Count the windows of a small batch; once the process has counted
+    LOAD_AFTER_SMALL_WINDOWS, load the kernels (once)."""
+    _loader.for_small_batch(windows, LOAD_AFTER_SMALL_WINDOWS)
 
 
 def warm_up() -> bool:
@@ -85,12 +98,13 @@ def _compiled():
     _sorted_rows, _pair_scratch, _rows_of_pair = jit(_sorted_rows), jit(_pair_scratch), jit(_rows_of_pair)
     _grown, _bracketed_row = jit(_grown), jit(_bracketed_row)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
+                              exact_windows=jit(_exact_windows),
                               band_operands=jit(_band_operands), band_failures=jit(_band_failures),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
     return kernels
 
 
-_loader = lazy.OnSecondLargeBatch(_ENV_SWITCH, _load)
+_loader = lazy.LazyLoad(_ENV_SWITCH, _load)
 
 
 def _self_check(kernels) -> bool:
@@ -114,24 +128,28 @@ def _self_check(kernels) -> bool:
     offset, gain = rng.integers(0, 100, cols), rng.integers(1, 5, cols)
     n, fmax = rows + 2, 400
     out_scan, out_exact = np.empty(pairs, np.bool_), np.empty(pairs, np.int64)
+    out_windows = np.empty((windows, cols), np.int64)
     try:
         kernels.scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, out_scan)
         kernels.exact_pairs(terms, d, s, window, column, n, offset, gain, fmax, out_exact)
+        kernels.exact_windows(w, d, s, n, offset, gain, fmax, out_windows)
     except Exception:  # noqa: BLE001 - a kernel that does not compile: numpy's path
         return False
     cycles = np.arange(n)
     currents = np.einsum("bci,ij->bcj", (d[:, None, :] > cycles[:, None]) * s[:, None, :], w)  # (B, n, C)
     expect_scan = ((currents < lower) | (currents > upper)).any(axis=1).ravel()
     expect_exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()
-    return bool(np.array_equal(out_scan, expect_scan) and np.array_equal(out_exact, expect_exact))
+    return bool(np.array_equal(out_scan, expect_scan) and np.array_equal(out_exact, expect_exact)
+                and np.array_equal(out_windows.ravel(), expect_exact))
 
 
 def _counts_agree() -> bool:
     """A small batch through the whole window path (`cco.window_counts`, 1-phase windows whose
-    currents reach past the CCO's limits) gives the same counts with the loaded kernels as on
-    numpy's path. It also compiles every kernel the path calls for the argument types it gives
-    them (the band test's and the charge's where torch's int8 GEMM is on), before the first
-    real batch."""
+    currents reach past the CCO's limits), and its first few windows (every pair summed
+    exactly: `exact_windows`), give the same counts with the loaded kernels as on numpy's
+    path. It also compiles every kernel the path calls for the argument types it gives them
+    (the band test's and the charge's where torch's int8 GEMM is on), before the first real
+    batch."""
     from .cco import CcoTransfer, window_counts  # they import this module
     from .drive import SelectedConductance, check_drive
     from .keyed_rng import KeyedRng
@@ -147,13 +165,15 @@ def _counts_agree() -> bool:
     ops, key = np.arange(windows, dtype=np.uint64), KeyedRng(1)
     try:
         compiled = window_counts(transfer, key, w, d, s, n, ops)
+        few = window_counts(transfer, key, w, d[:3], s[:3], n, ops[:3])  # every pair summed exactly
     except Exception:  # noqa: BLE001 - a kernel that does not compile for these types: numpy's path
         return False
     loaded, _loader.loaded = _loader.loaded, None
     try:
-        return bool(np.array_equal(compiled, window_counts(transfer, key, w, d, s, n, ops)))
+        expect = window_counts(transfer, key, w, d, s, n, ops)
     finally:
         _loader.loaded = loaded
+    return bool(np.array_equal(compiled, expect) and np.array_equal(few, expect[:3]))
 
 
 # ---- the loops (plain Python; compiled by `_compiled`) ------------------------------------------
@@ -252,6 +272,33 @@ def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fma
             # 0 cycles inside a run of equal durations (no branch: see _scan_pairs)
             total += min(max(offset[j] + gain[j] * current, 0), fmax) * (durations[k] - durations[k + 1])
         out[p] = total
+
+
+def _exact_windows(w_int, d, s, n_window_cycles, offset, gain, fmax, out):
+    """out[b, j] = sum over window b's cycles of clip(offset + gain I_c, 0, fmax) for every
+    column j: `_exact_pairs` for all of a window's pairs at once, a sorted row at a time over all
+    columns (the loops over columns vectorise), for the few windows of a call where the band
+    test and the int8 GEMM cost more than summing everything (`cco.window_counts`)."""
+    rows, cols = w_int.shape
+    order, durations, starts, _ = _pair_scratch(rows)
+    current = np.empty(cols, np.int64)
+    for b in range(d.shape[0]):
+        count = _sorted_rows(d, s, b, order, durations, starts)
+        for j in range(cols):
+            current[j] = 0
+            out[b, j] = (n_window_cycles - durations[0]) * offset[j]  # after the longest duration
+        for k in range(count):
+            i = order[k]
+            if i < rows:
+                for j in range(cols):
+                    current[j] += w_int[i, j]
+            else:
+                for j in range(cols):
+                    current[j] -= w_int[i - rows, j]
+            length = durations[k] - durations[k + 1]
+            if length:  # 0 inside a run of equal durations
+                for j in range(cols):
+                    out[b, j] += min(max(offset[j] + gain[j] * current[j], 0), fmax) * length
 
 
 def _band_operands(d, s, edges, left):

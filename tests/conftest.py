@@ -29,13 +29,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-@pytest.fixture(params=["numpy", "int8", "compiled"])
+@pytest.fixture(params=["numpy", "int8", "compiled", "exact"])
 def window_path(request, monkeypatch):
     """The windows' matmuls and loops on numpy's path; or the matmuls on torch's int8 GEMM
     (model/int_gemm.py: the `torch` extra, which CI installs) for every batch, however small;
-    or that and the per-pair loops compiled too (model/kernels.py), as large batches run. All
-    windows in this process (no window worker, which has its own path)."""
-    from pcmhil.model import int_gemm, kernels
+    or that and the per-pair loops compiled too (model/kernels.py), as large batches run; or
+    every pair of every batch, however large, summed exactly by the compiled kernels, as a few
+    windows run (`kernels.exact_windows`). All windows in this process (no window worker,
+    which has its own path)."""
+    from pcmhil.model import cco, int_gemm, kernels
 
     monkeypatch.setenv("PCMHIL_WINDOW_WORKER", "0")
     if request.param == "numpy":
@@ -45,8 +47,9 @@ def window_path(request, monkeypatch):
                     "is not exact on this CPU (model/int_gemm.py)")
     else:
         monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
-    if request.param == "compiled":
+    if request.param in ("compiled", "exact"):
         assert kernels.warm_up(), "numba is a dependency (pyproject.toml): the compiled kernels must load"
+        monkeypatch.setattr(cco, "_EXACT_ALL_MAX_WINDOWS", 0 if request.param == "compiled" else 2**62)
     else:
         monkeypatch.setattr(kernels, "module", lambda: None)
     return request.param

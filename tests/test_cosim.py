@@ -51,9 +51,13 @@ PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
 def test_model_workloads_match_the_twin(mode, window_path):
     """The whole chip: RTL + analog model (both fidelity modes) vs. the twin, code for code; the
     twin's windows on numpy's path, all their matmuls on the int8 GEMM, or that and their
-    per-pair loops compiled (`window_path`)."""
+    per-pair loops compiled, or every pair summed exactly (`window_path`). With the compiled
+    paths, the simulation's model has its kernels loaded too (in transaction mode its single
+    windows are then summed exactly: `kernels.exact_windows`)."""
     geometry = Geometry(8, 12, 2)
     with open_cosim(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
+        if window_path in ("compiled", "exact"):
+            assert cosim.warm_up()
         for seed in range(4):
             spec = AnalogSpec(kwargs={"preset": PRESETS[seed % len(PRESETS)], "seed": seed})
             workload = random_workload(geometry, 100 + seed, n_ops=24)
@@ -132,6 +136,8 @@ def test_bench_cosim_reports_every_figure_side_by_side():
     assert set(r["breakdown_s"]["twin"]) == {"analog_model", "twin_and_driver"}
     assert r["twin_window_worker"] is False  # batches of 64 windows have no part in the worker
     assert isinstance(r["twin_int8_gemm"], bool) and isinstance(r["twin_compiled_kernels"], bool)
+    # numba is a dependency: the simulation's model loads its kernels unless they are switched off
+    assert r["cosim_transaction_compiled_kernels"] is (os.environ.get("PCMHIL_JIT", "1") != "0")
 
 
 @pytest.mark.parametrize("settle_s", [0.0, 0.5], ids=["at-once", "after-settling"])

@@ -145,7 +145,9 @@ def test_clipping_of_monotone_currents_counts_as_in_cycle_mode(polarity, monkeyp
         saw["all"] += int((outside.all(axis=0) & (durations[b].max() == n)).sum())
         saw["part"] += int((outside.any(axis=0) & ~outside.all(axis=0)).sum())
         saw["none"] += int((~outside.any(axis=0)).sum())
-    assert sum(walked) > 0 and all(saw.values()), (walked, saw)
+    assert all(saw.values()), saw
+    # the walk ran (on the "exact" path every pair is summed in full instead)
+    assert (sum(walked) > 0) == (window_path != "exact"), walked
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.5])

@@ -120,6 +120,58 @@ def test_exact_sums_equal_numpy_and_the_contract(compiled, monkeypatch, case):
         assert (rate == 0).any() and (rate == transfer.fmax).any()  # both clips were taken
 
 
+@pytest.mark.parametrize("case", ["ties", "distinct", "long durations"])
+@pytest.mark.parametrize("rows", [1, 37, 300])
+def test_exact_windows_equal_the_exact_pairs_and_the_contract(compiled, case, rows):
+    """Every pair of every window summed at once (`exact_windows`) against the per-pair sums
+    (`exact_pairs`, pinned to the contract above) and, for short windows, the per-cycle
+    contract: both polarities, idle windows and rows, and both clips taken."""
+    rng = np.random.default_rng(rows + len(case))
+    cols, windows = 11, 6
+    n = 5000 if case == "long durations" else max(60, rows)
+    w_int = rng.integers(-300, 301, (rows, cols))
+    d, s = _drive(rng, windows, rows, n, ties=case != "distinct")
+    d[0] = 0  # a window that drives no row: the offset for all n cycles
+    transfer = CcoTransfer(gain=rng.integers(1, 2**20, cols), offset=rng.integers(0, 2**24, cols),
+                           fmax=2**26, knee=0.0, output_noise_pulses=0.0)
+    got = np.empty((windows, cols), np.int64)
+    compiled.exact_windows(w_int, d, s, n, transfer.offset, transfer.gain, transfer.fmax, got)
+    window, column = np.repeat(np.arange(windows), cols), np.tile(np.arange(cols), windows)
+    pairs = np.empty(len(window), np.int64)
+    compiled.exact_pairs(SelectedConductance.of(w_int).terms.reshape(cols, -1), d, s, window, column, n,
+                         transfer.offset, transfer.gain, transfer.fmax, pairs)
+    assert np.array_equal(got.ravel(), pairs)
+    assert np.array_equal(got[0], n * transfer.offset)
+    if n <= 300:
+        currents = _cycle_currents(w_int, d, s, n)  # (windows, n, cols)
+        rate = np.clip(transfer.offset + transfer.gain * currents, 0, transfer.fmax)
+        assert np.array_equal(got, rate.sum(axis=1))
+        if rows > 1:
+            assert (rate == 0).any() and (rate == transfer.fmax).any()  # both clips were taken
+
+
+def test_a_few_windows_are_summed_exactly_and_many_take_the_band_test(compiled, monkeypatch):
+    """At the default thresholds, calls of up to cco._EXACT_ALL_MAX_WINDOWS windows sum every
+    pair (`exact_windows`: no band test), larger ones do not; the counts are the same."""
+    from pcmhil.model import cco
+    from pcmhil.model.crossbar import Crossbar, CrossbarConfig
+
+    rng = np.random.default_rng(8)
+    bar = Crossbar(CrossbarConfig(preset="hermes-2dev", rows=64, cols=32, seed=8))
+    bar.program_weights(rng.uniform(-1, 1, (64, 32)), op_index=0)
+    x = rng.integers(-128, 128, (cco._EXACT_ALL_MAX_WINDOWS + 1, 64))
+    calls = []
+    spied = SimpleNamespace(**vars(compiled))
+    spied.exact_windows = lambda *a: calls.append(len(a[1])) or compiled.exact_windows(*a)
+    monkeypatch.setattr(kernels, "module", lambda: spied)
+    large = bar.cco.window_counts_batch(np.abs(x), np.where(x < 0, -1, 1), "plus", 128, np.arange(len(x)))
+    assert calls == []
+    few = bar.cco.window_counts_batch(np.abs(x[:-1]), np.where(x[:-1] < 0, -1, 1), "plus", 128,
+                                      np.arange(len(x) - 1))
+    assert calls == [len(x) - 1]
+    assert np.array_equal(few, large[:-1])
+
+
 @pytest.mark.parametrize(("w_max", "bands", "density"), [(19_436, 5, 1.0), (100, 2, 0.5), (2**20, 8, 0.9)])
 def test_compiled_band_test_equals_numpy(compiled, monkeypatch, w_max, bands, density):
     """The same failed pairs and scan starts as numpy's band test on the int8 path, for one,
@@ -171,6 +223,9 @@ def test_a_kernel_that_disagrees_with_the_contract_is_not_used(compiled):
     assert kernels._self_check(broken)
     broken.exact_pairs = lambda *args: args[-1].fill(0)
     assert not kernels._self_check(broken)
+    broken = SimpleNamespace(**vars(compiled))
+    broken.exact_windows = lambda *args: args[-1].fill(0)
+    assert not kernels._self_check(broken)
 
     def raises(*args):
         raise TypeError("no matching definition")
@@ -196,6 +251,16 @@ def test_kernels_load_on_the_second_large_batch(compiled):
     code = ("import sys; from pcmhil.model import kernels; "
             "kernels.for_large_batch(); print('numba' in sys.modules, kernels.module() is None); "
             "kernels.for_large_batch(); print(kernels.module() is not None)")
+    assert _in_subprocess(code) == ["False", "True", "True"]
+
+
+def test_kernels_load_after_many_windows_in_small_batches(compiled):
+    """A co-simulation counts one window at a time: the kernels load once the process has counted
+    LOAD_AFTER_SMALL_WINDOWS of them, not before."""
+    code = ("import sys; from pcmhil.model import kernels; "
+            "kernels.for_small_batch(kernels.LOAD_AFTER_SMALL_WINDOWS - 1); "
+            "print('numba' in sys.modules, kernels.module() is None); "
+            "kernels.for_small_batch(1); print(kernels.module() is not None)")
     assert _in_subprocess(code) == ["False", "True", "True"]
 
 
