@@ -46,6 +46,11 @@ VERILATED_MK_FIXES = {"CFG_CXXFLAGS_PCH_I": "-include"}
 #: Build flags every simulation build uses. Amaranth's Verilog trips width warnings that are
 #: harmless in simulation; the lint target (`pcmhil export`) runs -Wall with a reviewed waiver file.
 SIM_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3")
+#: The C++ optimisation of the generated model (OPT_FAST) and of Verilator's runtime, the
+#: --timing scheduler among it (OPT_GLOBAL); verilated.mk's default is -Os for both. Measured on
+#: the 256 x 256 cosim top, clocked alone, alternating builds in one process: 1.34x the cycles
+#: per second of -Os/-Os (-O3/-Os 1.14x, -O2/-O3 1.05x), for a longer C++ compile.
+SIM_MAKE_VARS = {"OPT_FAST": "-O3", "OPT_GLOBAL": "-O3"}
 
 CACHE_ENV = "PCMHIL_CACHE_DIR"
 
@@ -200,6 +205,7 @@ class BuildSpec:
             "cocotb": _cocotb_version(),
             "verilator": str(verilator_root()),
             "make_fixes": VERILATED_MK_FIXES,
+            "make_vars": SIM_MAKE_VARS,
         }
         h.update(json.dumps(payload, sort_keys=True).encode())
         return h.hexdigest()[:24]
@@ -403,7 +409,8 @@ def build_commands(spec: BuildSpec, work: Path) -> list[list[str]]:
                 "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator",
                 *waves, *timing, *spec.build_args, str(verilator_cpp), *sources]
     jobs = str(max(1, os.cpu_count() or 1))
-    make = ["make", "-j", jobs, "-C", str(work), "-f", "Vtop.mk", f"VM_TRACE={int(spec.waves)}"]
+    make = ["make", "-j", jobs, "-C", str(work), "-f", "Vtop.mk", f"VM_TRACE={int(spec.waves)}",
+            *(f"{name}={value}" for name, value in SIM_MAKE_VARS.items())]
     if spec.timing:
         make += [f"{name}={value}" for name, value in TIMING_MAKE_VARS.items()]
     return [verilate, make]
