@@ -61,8 +61,11 @@ def lanes_to_words(lanes: np.ndarray, lane_bits: int, n_words: int) -> list[int]
         per_byte = 8 // lane_bits
         padded = np.zeros(n_words * per_word, dtype=np.uint8)
         padded[:len(lanes)] = lanes
-        shifts = np.arange(per_byte, dtype=np.uint8) * np.uint8(lane_bits)
-        packed = (padded.reshape(-1, per_byte) << shifts).sum(axis=1, dtype=np.uint8)
+        # lane k of each byte ORed in at bit k lane_bits: a few strided passes (a sum along an
+        # axis of length 4 is slower: 256 2-bit lanes ~12 vs ~7.5 us)
+        packed = padded[::per_byte].copy()
+        for k in range(1, per_byte):
+            packed |= padded[k::per_byte] << np.uint8(k * lane_bits)
         return packed.view("<u8").tolist()
     padded = np.zeros(n_words * per_word, dtype=np.uint64)
     padded[:len(lanes)] = lanes
@@ -149,9 +152,9 @@ class BoundaryPorts:
                     # cycle 0 of a window (back-to-back windows have no idle cycle between them)
                     window = analog().begin_window(self.scalar("win_select"))
                     # the polarities are latched for the whole window (numerics.md section 2)
-                    sign = np.where(words_to_bits(self.words("drive_neg"), rows), -1, 1)
+                    sign = np.where(words_to_bits(self.words("drive_neg"), rows), -1, 1).astype(np.int8)
                 enabled = words_to_bits(self.words("drive_en"), rows)
-                pulses = window.step(np.where(enabled, sign, 0))
+                pulses = window.step(np.multiply(enabled, sign, dtype=np.int8))
                 self.write_words("cco_pulses", lanes_to_words(pulses, CCO_PULSE_BITS, lay.pulse_words))
 
     # ---- programming -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 
 from pcmhil.errors import ConfigError
 
+from . import kernels
 from .checks import check_array, check_within
 from .crossbar import Crossbar, CrossbarConfig
 from .device import FaultRates
@@ -52,13 +53,21 @@ class CycleWindow:
         self._tile = tile
         self._w = tile.crossbar.selected(select)  # fixed for the window: no program/drift inside
         self._drive = np.zeros(self._w.rows, dtype=np.int64)
-        self._currents = np.zeros(self._w.cols)
+        # With the kernels loaded, each step is one compiled loop over int64 currents (the same
+        # integers): `kernels.cycle_step`.
+        self._compiled = kernels.module()
+        self._currents = np.zeros(self._w.cols, dtype=np.int64 if self._compiled is not None else np.float64)
 
     def step(self, active: np.ndarray) -> np.ndarray:
         """active[rows] in {-1, 0, +1} (conducting, with read polarity) -> pulses[cols] uint8."""
         tile = self._tile
         start = time.perf_counter()
         drive = check_array("active", active, (self._w.rows,), "int")
+        if self._compiled is not None:
+            pulses = tile.crossbar.cco.step_rows(self._compiled, drive, self._drive, self._w.w_int,
+                                                 self._currents)
+            tile.busy_s += time.perf_counter() - start
+            return pulses
         changed = np.flatnonzero(drive != self._drive)
         if len(changed):
             check_within("active", drive[changed], -1, 1)
@@ -123,6 +132,7 @@ class AnalogTile:
 
     def begin_window(self, select: int) -> CycleWindow:
         """Start the next window in cycle mode with DeviceSelect code `select`."""
+        kernels.for_cycle_window()
         self.crossbar.cco.start_window(int(self._next_windows(1)[0]))
         return CycleWindow(self, SELECTS[int(select)])
 

@@ -50,7 +50,7 @@ import numpy as np
 from pcmhil.errors import ConfigError
 
 from . import int_gemm, kernels, window_worker
-from .checks import check_array, check_int
+from .checks import check_array, check_int, check_within
 from .drive import (
     EXACT_FLOAT_LIMIT,
     SelectedConductance,
@@ -145,7 +145,7 @@ class CcoTransfer:
         """Longest window whose phase stays an exact float64 integer."""
         return (EXACT_FLOAT_LIMIT - 2 * PHASE_PER_PULSE) // self.fmax
 
-    @property
+    @cached_property
     def max_current_lsb(self) -> int:
         """Largest |current| whose phase increment cannot overflow int64."""
         return 2**62 // max(int(self.gain.max(initial=0)), 1)
@@ -444,6 +444,25 @@ class CCO:
         pulses = emitted - self._emitted
         self._emitted = emitted
         return pulses.astype(np.uint8)
+
+    def step_rows(self, compiled, active: np.ndarray, drive: np.ndarray, w_int: np.ndarray,
+                  currents: np.ndarray) -> np.ndarray:
+        """`step` of the currents of the rows' drive `active` ({-1, 0, +1} (rows,) int), in one
+        compiled loop (`kernels.cycle_step`): drive (the rows' drive before, int64) and currents
+        (int64 (cols,) of that drive through w_int) are updated in place. The same pulses."""
+        if self._phase is None:
+            raise ConfigError("start_window must be called before step, not step alone")
+        t = self.transfer
+        pulses = np.empty(self.cols, dtype=np.uint8)
+        status = compiled.cycle_step(active, drive, w_int, currents, self._phase, self._emitted, t.offset,
+                                     t.gain, t.fmax, t.max_current_lsb, *t._pulse_constants, pulses)
+        if status == 1:
+            check_within("active", active, -1, 1)  # raises
+        if status == 2:
+            limit = t.max_current_lsb
+            raise ConfigError(f"currents must be within [-{limit}, {limit}] LSB, "
+                              f"not {int(np.abs(currents).max())!r}")
+        return pulses
 
     # ---- window mode -------------------------------------------------------------------------
 

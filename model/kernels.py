@@ -45,6 +45,9 @@ _ENV_SWITCH = "PCMHIL_JIT"
 #: call) loads the kernels after this many: loading costs ~0.5 s (cached), and they save
 #: ~0.2-0.4 ms a window at 256 x 256 (`cco._EXACT_ALL_MAX_WINDOWS`).
 LOAD_AFTER_SMALL_WINDOWS = 1024
+#: ... where a window of cycle mode counts as this many (`for_cycle_window`: its steps save
+#: ~60 us each compiled, `cycle_step`).
+CYCLE_WINDOW_WEIGHT = 32
 #: Durations up to this many cycles are sorted by counting (O(rows + longest) per window); a
 #: window with longer ones (a long VERIFY_ROW window) by a merge sort.
 _COUNTING_SORT_MAX = 4096
@@ -67,6 +70,12 @@ def for_small_batch(windows: int) -> None:
     _loader.for_small_batch(windows, LOAD_AFTER_SMALL_WINDOWS)
 
 
+def for_cycle_window() -> None:
+    """Count a window of cycle mode as CYCLE_WINDOW_WEIGHT windows of a small batch (its ~100
+    steps cost the model about that many windows' time)."""
+    _loader.for_small_batch(CYCLE_WINDOW_WEIGHT, LOAD_AFTER_SMALL_WINDOWS)
+
+
 def warm_up() -> bool:
     """Load (compile or read from the cache) and check the kernels now, once; whether they are
     available."""
@@ -77,7 +86,7 @@ def _load():
     """The kernels compiled (or read from numba's cache), if both checks pass (`_self_check`,
     `_counts_agree`); else None (`_loader`)."""
     kernels = _compiled()
-    if kernels is None or not _self_check(kernels):
+    if kernels is None or not _self_check(kernels) or not _steps_agree(kernels):
         return None
     _loader.loaded = kernels  # for the whole window path to take them in the check
     try:
@@ -98,7 +107,7 @@ def _compiled():
     _sorted_rows, _pair_scratch, _rows_of_pair = jit(_sorted_rows), jit(_pair_scratch), jit(_rows_of_pair)
     _grown, _bracketed_row = jit(_grown), jit(_bracketed_row)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
-                              exact_windows=jit(_exact_windows),
+                              exact_windows=jit(_exact_windows), cycle_step=jit(_cycle_step),
                               band_operands=jit(_band_operands), band_failures=jit(_band_failures),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
     return kernels
@@ -141,6 +150,43 @@ def _self_check(kernels) -> bool:
     expect_exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()
     return bool(np.array_equal(out_scan, expect_scan) and np.array_equal(out_exact, expect_exact)
                 and np.array_equal(out_windows.ravel(), expect_exact))
+
+
+def _steps_agree(kernels) -> bool:
+    """Cycle mode's compiled clock (`cycle_step`) against the CCO's numpy steps (the currents as
+    one matrix product per cycle) over random drives, with and without the nonlinearity, phases
+    that saturate at both ends, and its refusals of a bad drive value and of a current beyond
+    the limit."""
+    from .cco import CcoTransfer  # it imports this module
+
+    rng = np.random.default_rng(2468)
+    rows, cols, cycles = 9, 5, 40
+    w = rng.integers(-50, 51, (rows, cols))
+    fmax = 3 * 2**32
+    for knee in (0.0, 384 * 2**32 / 0.3):
+        t = CcoTransfer(rng.integers(2**26, 2**27, cols), rng.integers(0, fmax, cols), fmax, knee, 0.1)
+        phase, emitted = rng.integers(0, 2**32, cols), np.zeros(cols, np.int64)
+        expect_phase, expect_emitted = phase.copy(), emitted.copy()
+        drive, currents, pulses = np.zeros(rows, np.int64), np.zeros(cols, np.int64), np.empty(cols, np.uint8)
+        for _ in range(cycles):
+            active = rng.integers(-1, 2, rows).astype(np.int8)
+            try:
+                status = kernels.cycle_step(active, drive, w, currents, phase, emitted, t.offset, t.gain,
+                                            t.fmax, 2**40, *t._pulse_constants, pulses)
+            except Exception:  # noqa: BLE001 - a kernel that does not compile: numpy's path
+                return False
+            expect_phase = expect_phase + t.increment(active @ w)
+            total = t.cumulative_pulses(expect_phase)
+            expect_pulses, expect_emitted = (total - expect_emitted).astype(np.uint8), total
+            if not (status == 0 and np.array_equal(pulses, expect_pulses)
+                    and np.array_equal(phase, expect_phase)):
+                return False
+    bad = np.full(rows, 2, np.int8)
+    far = np.ones(rows, np.int8)
+    return (kernels.cycle_step(bad, drive, w, currents, phase, emitted, t.offset, t.gain, t.fmax, 2**40,
+                               *t._pulse_constants, pulses) == 1
+            and kernels.cycle_step(far, drive, w, currents, phase, emitted, t.offset, t.gain, t.fmax, 0,
+                                   *t._pulse_constants, pulses) == 2)
 
 
 def _counts_agree() -> bool:
@@ -299,6 +345,44 @@ def _exact_windows(w_int, d, s, n_window_cycles, offset, gain, fmax, out):
             if length:  # 0 inside a run of equal durations
                 for j in range(cols):
                     out[b, j] += min(max(offset[j] + gain[j] * current[j], 0), fmax) * length
+
+
+def _cycle_step(active, drive, w_int, currents, phase, emitted, offset, gain, fmax, limit, knee, k, kc, scale,
+                pulses):
+    """One clock of cycle mode (`analog_tile.CycleWindow.step`, `cco.CCO.step`), in place: the
+    rows whose drive changed (active vs drive, {-1, 0, +1}) update the column currents
+    (integers, exact in any order), the CCO phases advance by clip(offset + gain I, 0, fmax), and
+    pulses[j] = E(phase) - emitted[j] by the same IEEE operations as `CcoTransfer._pulses_real`.
+    Returns 0, or 1 (nothing changed) for an active value outside {-1, 0, +1}, or 2 (the drive
+    and currents updated, no phase) for a current beyond +-limit: the caller raises."""
+    rows, cols = w_int.shape
+    for i in range(rows):
+        if active[i] < -1 or active[i] > 1:
+            return 1
+    for i in range(rows):
+        delta = np.int64(active[i]) - drive[i]
+        if delta != 0:
+            for j in range(cols):
+                currents[j] += delta * w_int[i, j]
+            drive[i] = active[i]
+    for j in range(cols):
+        if currents[j] > limit or currents[j] < -limit:
+            return 2
+    for j in range(cols):
+        phase[j] += min(max(offset[j] + gain[j] * currents[j], 0), fmax)
+    if knee > 0:
+        for j in range(cols):
+            u = max(np.float64(phase[j]), 0.0)
+            v = knee - min(u, knee)
+            total = np.int64((kc - v * v * k) * scale)
+            pulses[j] = total - emitted[j]
+            emitted[j] = total
+    else:
+        for j in range(cols):
+            total = np.int64(max(np.float64(phase[j]), 0.0) * scale)
+            pulses[j] = total - emitted[j]
+            emitted[j] = total
+    return 0
 
 
 def _band_operands(d, s, edges, left):

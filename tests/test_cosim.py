@@ -137,7 +137,7 @@ def test_bench_cosim_reports_every_figure_side_by_side():
     assert r["twin_window_worker"] is False  # batches of 64 windows have no part in the worker
     assert isinstance(r["twin_int8_gemm"], bool) and isinstance(r["twin_compiled_kernels"], bool)
     # numba is a dependency: the simulation's model loads its kernels unless they are switched off
-    assert r["cosim_transaction_compiled_kernels"] is (os.environ.get("PCMHIL_JIT", "1") != "0")
+    assert r["cosim_compiled_kernels"] is (os.environ.get("PCMHIL_JIT", "1") != "0")
 
 
 @pytest.mark.parametrize("settle_s", [0.0, 0.5], ids=["at-once", "after-settling"])

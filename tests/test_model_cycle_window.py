@@ -1,13 +1,24 @@
 """Cycle mode's incremental column currents (model/analog_tile.py CycleWindow) against the full
 product (Crossbar.column_currents) and the window mode's counts, on drives that change a few rows,
-most rows, and rows switching back on."""
+most rows, and rows switching back on; each on numpy's path and in one compiled loop a step
+(model/kernels.py `cycle_step`)."""
 
 import numpy as np
 import pytest
 
 from pcmhil.errors import ConfigError
+from pcmhil.model import kernels
 from pcmhil.model.analog_tile import make_analog_tiles
 from pcmhil.model.drive import SELECTS
+
+
+@pytest.fixture(autouse=True, params=["numpy", "compiled"])
+def step_path(request, monkeypatch):
+    if request.param == "compiled":
+        assert kernels.warm_up(), "numba is a dependency (pyproject.toml): the compiled kernels must load"
+    else:
+        monkeypatch.setattr(kernels, "module", lambda: None)
+    return request.param
 
 
 def programmed_tile(rows: int, cols: int, seed: int):
@@ -20,11 +31,12 @@ def programmed_tile(rows: int, cols: int, seed: int):
 
 
 @pytest.mark.parametrize("rows,cols", [(64, 32), (37, 5)])
-def test_incremental_currents_equal_the_full_product(rows, cols):
+def test_incremental_currents_equal_the_full_product(rows, cols, step_path):
     tile = programmed_tile(rows, cols, seed=rows)
     rng = np.random.default_rng(1)
     for select in range(len(SELECTS)):
         window = tile.begin_window(select)
+        assert (window._compiled is not None) == (step_path == "compiled")  # the path under test runs
         for cycle in range(60):
             kind = cycle % 3
             if kind == 0:  # a few rows change
@@ -59,3 +71,12 @@ def test_bad_drive_is_rejected_with_its_name():
         window.step(np.array([0, 0, 2, 0, 0, 0, 0, 0]))
     with pytest.raises(ConfigError, match="active must have shape"):
         window.step(np.zeros(9, dtype=int))
+
+
+def test_a_current_beyond_the_cco_limit_is_rejected():
+    tile = programmed_tile(8, 4, 0)
+    transfer = tile.crossbar.cco.transfer
+    transfer.__dict__["max_current_lsb"] = 10  # (a cached property) far below what 8 rows conduct
+    window = tile.begin_window(0)
+    with pytest.raises(ConfigError, match=r"currents must be within \[-10, 10\] LSB"):
+        window.step(np.ones(8, dtype=int))
