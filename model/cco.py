@@ -548,9 +548,11 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
     """Counts (B, cols) of the windows (d, s) of operations ops (checked, on the rows they
     drive: `CCO._counts`), into `out` (int64) if given; `coarse`: in one of two threads (fewer,
     larger numpy calls: `_TAIL_CHUNK_WINDOWS`). Also what the worker process runs
-    (`window_worker`). With the compiled kernels, noisy CCOs and the charge on the int8 path,
-    the advances are computed in the counts loop from the charge's int8 products
-    (`CcoTransfer.counts_of_charge`); else as a float64 array here. The same counts either way."""
+    (`window_worker`). With the compiled kernels, up to _EXACT_ALL_MAX_WINDOWS windows have
+    every pair summed exactly (`kernels.exact_windows`); more, with noisy CCOs and the charge
+    on the int8 path, have the advances computed in the counts loop from the charge's int8
+    products (`CcoTransfer.counts_of_charge`); else as a float64 array here. The same counts
+    either way."""
     compiled = kernels.module()
     if compiled is not None and len(d) <= _EXACT_ALL_MAX_WINDOWS:  # every pair's exact sum, compiled
         advance = np.empty((len(d), w.cols), dtype=np.int64)
