@@ -42,11 +42,12 @@ from . import lazy
 
 _ENV_SWITCH = "PCMHIL_JIT"
 #: A process that counts windows a few at a time (a co-simulation's transaction mode: one per
-#: call) loads the kernels after this many: loading costs ~0.5 s (cached), and they save
-#: ~0.2-0.4 ms a window at 256 x 256 (`cco._EXACT_ALL_MAX_WINDOWS`).
-LOAD_AFTER_SMALL_WINDOWS = 1024
-#: ... where a window of cycle mode counts as this many (`for_cycle_window`: its steps save
-#: ~60 us each compiled, `cycle_step`).
+#: call) loads the kernels after this many, about when the time they would have saved pays for
+#: the load (~0.5-0.8 s cached; they save ~0.1-0.25 ms a window at 256 x 256,
+#: `cco._EXACT_ALL_MAX_WINDOWS`), so a run never loses more than about twice the load.
+LOAD_AFTER_SMALL_WINDOWS = 4096
+#: ... where a window of cycle mode counts as this many (`for_cycle_window`: compiled, each of
+#: its ~130 steps takes ~11 instead of ~63 us at 256 x 256, `cycle_step`).
 CYCLE_WINDOW_WEIGHT = 32
 #: Durations up to this many cycles are sorted by counting (O(rows + longest) per window); a
 #: window with longer ones (a long VERIFY_ROW window) by a merge sort.
@@ -71,8 +72,8 @@ def for_small_batch(windows: int) -> None:
 
 
 def for_cycle_window() -> None:
-    """Count a window of cycle mode as CYCLE_WINDOW_WEIGHT windows of a small batch (its ~100
-    steps cost the model about that many windows' time)."""
+    """Count a window of cycle mode as CYCLE_WINDOW_WEIGHT windows of a small batch (what the
+    compiled steps save on it)."""
     _loader.for_small_batch(CYCLE_WINDOW_WEIGHT, LOAD_AFTER_SMALL_WINDOWS)
 
 
