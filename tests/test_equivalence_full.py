@@ -39,11 +39,15 @@ CASES = [(g, WORKLOADS) for g in random_geometries()] + [(g, EDGE_WORKLOADS) for
 def test_thousand_workloads(geometry, workloads, mode, monkeypatch):
     """With torch installed, every odd workload's twin runs all its window matmuls, however
     few windows, on the int8 GEMM (model/int_gemm.py), the even ones on numpy's float path;
-    every fourth, from the third, with the per-pair loops compiled too (model/kernels.py)."""
+    every fourth, from the third, with the per-pair loops compiled too (model/kernels.py). The
+    simulation's model runs the first half of the workloads on numpy's path, the second half
+    with its compiled kernels (a transaction's window summed exactly, a cycle's step compiled)."""
     int8 = int_gemm.warm_up()
     compiled = kernels.warm_up() and kernels.module()
     with CosimTransport(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
         for k in range(workloads):
+            if k == workloads // 2:
+                assert cosim.warm_up()
             monkeypatch.setattr(int_gemm, "MIN_ROWS", 1 if int8 and k % 2 else MIN_ROWS)
             monkeypatch.setattr(kernels, "module", lambda k=k: compiled if k % 4 == 3 else None)
             spec = AnalogSpec(kwargs={"preset": PRESETS[k % len(PRESETS)], "seed": k})
