@@ -12,6 +12,8 @@ arrays, done an element or a pair at a time in one loop each.
   (`drive._prefix_scan`, `CcoTransfer.exact_advance`), gathering and storing every prefix sum;
 - the exact sums of every pair of a few windows (`exact_windows`: a co-simulation's windows
   come one at a time), a sorted row at a time over all columns, without the band test;
+- cycle mode's clock (`cycle_step`: `analog_tile.CycleWindow.step`): the changed rows'
+  currents, the CCO phases and their pulses;
 - the counts (`bracketed_counts`, `charged_counts`): the keyed hash, the noise bracket and the
   pulses of `CcoTransfer.counts_after` per element, the advance computed in the same loop from
   the charge's int8 products (`CcoTransfer.counts_of_charge`).
@@ -24,12 +26,13 @@ the window tests and the equivalence regression run the twin on both paths.
 Numba is a dependency, but `PCMHIL_JIT=0` turns the kernels off, and an import or a check that
 fails leaves numpy's path. Like torch's import (`int_gemm`), loading happens on a process's
 second large batch (`for_large_batch`), after LOAD_AFTER_SMALL_WINDOWS windows in small batches
-(`for_small_batch`) or by `warm_up`, in the calling thread; the compiled
-code is cached on disk (numba's `cache=True`, in `__pycache__` beside this file), so the first
+(`for_small_batch`, `for_cycle_window`) or by `warm_up`, in the calling thread; the compiled code
+is cached on disk (numba's `cache=True`, in `__pycache__` beside this file), so the first
 process on a machine compiles (~10 s) and later ones load it (~0.5 s with numba's import).
 Before they are used, the scans and exact sums are checked against the per-cycle contract
-(`_self_check`) and a small batch through the whole window path against numpy's path
-(`_counts_agree`), which also compiles every kernel for the argument types the path gives it.
+(`_self_check`), cycle mode's clock against numpy's steps (`_steps_agree`), and a small batch
+through the whole window path against numpy's path (`_counts_agree`), which also compiles
+every kernel for the argument types the path gives it.
 """
 
 from __future__ import annotations
@@ -84,8 +87,8 @@ def warm_up() -> bool:
 
 
 def _load():
-    """The kernels compiled (or read from numba's cache), if both checks pass (`_self_check`,
-    `_counts_agree`); else None (`_loader`)."""
+    """The kernels compiled (or read from numba's cache), if the checks pass (`_self_check`,
+    `_steps_agree`, `_counts_agree`); else None (`_loader`)."""
     kernels = _compiled()
     if kernels is None or not _self_check(kernels) or not _steps_agree(kernels):
         return None
