@@ -226,6 +226,10 @@ def test_a_kernel_that_disagrees_with_the_contract_is_not_used(compiled):
     broken = SimpleNamespace(**vars(compiled))
     broken.exact_windows = lambda *args: args[-1].fill(0)
     assert not kernels._self_check(broken)
+    assert kernels._steps_agree(compiled)
+    broken = SimpleNamespace(**vars(compiled))
+    broken.cycle_step = lambda *args: args[-1].fill(1) or 0  # a pulse every cycle, whatever the phase
+    assert not kernels._steps_agree(broken)
 
     def raises(*args):
         raise TypeError("no matching definition")
