@@ -43,7 +43,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache, cached_property
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import numpy as np
 
@@ -433,12 +433,9 @@ class CCO:
     def step(self, currents) -> np.ndarray:
         """One clock cycle with integer column currents (cols,) -> pulses (cols,) uint8."""
         currents = check_array("currents", currents, (self.cols,), "int")
-        if self._phase is None:
-            raise ConfigError("start_window must be called before step, not step alone")
-        limit = self.transfer.max_current_lsb
-        if np.abs(currents).max(initial=0) > limit:
-            raise ConfigError(f"currents must be within [-{limit}, {limit}] LSB, "
-                              f"not {int(np.abs(currents).max())!r}")
+        self._check_started()
+        if np.abs(currents).max(initial=0) > self.transfer.max_current_lsb:
+            self._currents_beyond_limit(currents)
         self._phase = self._phase + self.transfer.increment(currents)
         emitted = self.transfer.cumulative_pulses(self._phase)
         pulses = emitted - self._emitted
@@ -450,8 +447,7 @@ class CCO:
         """`step` of the currents of the rows' drive `active` ({-1, 0, +1} (rows,) int), in one
         compiled loop (`kernels.cycle_step`): drive (the rows' drive before, int64) and currents
         (int64 (cols,) of that drive through w_int) are updated in place. The same pulses."""
-        if self._phase is None:
-            raise ConfigError("start_window must be called before step, not step alone")
+        self._check_started()
         t = self.transfer
         pulses = np.empty(self.cols, dtype=np.uint8)
         status = compiled.cycle_step(active, drive, w_int, currents, self._phase, self._emitted, t.offset,
@@ -459,10 +455,17 @@ class CCO:
         if status == 1:
             check_within("active", active, -1, 1)  # raises
         if status == 2:
-            limit = t.max_current_lsb
-            raise ConfigError(f"currents must be within [-{limit}, {limit}] LSB, "
-                              f"not {int(np.abs(currents).max())!r}")
+            self._currents_beyond_limit(currents)
         return pulses
+
+    def _check_started(self) -> None:
+        if self._phase is None:
+            raise ConfigError("start_window must be called before step, not step alone")
+
+    def _currents_beyond_limit(self, currents: np.ndarray) -> NoReturn:
+        limit = self.transfer.max_current_lsb
+        raise ConfigError(f"currents must be within [-{limit}, {limit}] LSB, "
+                          f"not {int(np.abs(currents).max())!r}")
 
     # ---- window mode -------------------------------------------------------------------------
 
@@ -499,7 +502,7 @@ class CCO:
             kernels.for_large_batch()
         else:
             kernels.for_small_batch(len(d))
-        if len(d) <= _EXACT_ALL_MAX_WINDOWS and kernels.module() is not None:  # no matmul, no BLAS
+        if _every_pair_exact(len(d), kernels.module()):  # no matmul, no BLAS: no bounds either
             return window_counts(self.transfer, self._rng, w, d, s, n, ops)
         w.bounds(*self.transfer.current_limits)  # built here, not by two threads at once
         with single_threaded_blas():
@@ -554,7 +557,7 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
     products (`CcoTransfer.counts_of_charge`); else as a float64 array here. The same counts
     either way."""
     compiled = kernels.module()
-    if compiled is not None and len(d) <= _EXACT_ALL_MAX_WINDOWS:  # every pair's exact sum, compiled
+    if _every_pair_exact(len(d), compiled):
         advance = np.empty((len(d), w.cols), dtype=np.int64)
         compiled.exact_windows(w.w_int, d, s, n, t.offset, t.gain, t.fmax, advance)
         counts = t.counts_after(rng, ops, advance.astype(np.float64))
@@ -586,6 +589,12 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
         chunk = slice(b, b + step)
         counts[chunk] = t.counts_after(rng, ops[chunk], advance[chunk])
     return counts
+
+
+def _every_pair_exact(windows: int, compiled) -> bool:
+    """Whether `window_counts` sums every pair of a call of this many windows exactly
+    (`kernels.exact_windows`; `compiled`: the loaded kernels, or None)."""
+    return compiled is not None and windows <= _EXACT_ALL_MAX_WINDOWS
 
 
 def _pair_advances(t: CcoTransfer, w: SelectedConductance, d: np.ndarray, s: np.ndarray, n: int,

@@ -106,8 +106,9 @@ def _compiled():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows, _pair_scratch, _rows_of_pair, _grown, _bracketed_row  # noqa: PLW0603 - numba
+    global _sorted_rows, _pair_scratch, _rows_of_pair, _grown, _bracketed_row, _rate, _knee_pulses  # noqa: PLW0603
     jit = numba.njit(nogil=True, cache=True)  # resolves callees by name: the compiled ones, bound first
+    _rate, _knee_pulses = jit(_rate), jit(_knee_pulses)
     _sorted_rows, _pair_scratch, _rows_of_pair = jit(_sorted_rows), jit(_pair_scratch), jit(_rows_of_pair)
     _grown, _bracketed_row = jit(_grown), jit(_bracketed_row)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
@@ -229,6 +230,18 @@ def _counts_agree() -> bool:
 # ---- the loops (plain Python; compiled by `_compiled`) ------------------------------------------
 
 
+def _rate(offset, gain, current, fmax):
+    """The CCO's saturated rate clip(offset + gain I, 0, fmax) (`CcoTransfer._saturated_rate`)."""
+    return min(max(offset + gain * current, 0), fmax)
+
+
+def _knee_pulses(u, knee, k, kc, scale):
+    """`CcoTransfer._pulses_real` of u = max(phase, 0) with the nonlinearity (knee >
+    0), by the same IEEE operations: S0 (C - K v v) 2**-32, v = knee - min(u, knee)."""
+    v = knee - min(u, knee)
+    return (kc - v * v * k) * scale
+
+
 def _sorted_rows(d, s, b, order, durations, starts):
     """Window b's conducting rows by decreasing duration into order[:count] (signed term index:
     row, or rows + row for negative polarity) and their durations into durations[:count], with
@@ -320,7 +333,7 @@ def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fma
         for k in range(count):
             current += terms[j, order[k]]
             # 0 cycles inside a run of equal durations (no branch: see _scan_pairs)
-            total += min(max(offset[j] + gain[j] * current, 0), fmax) * (durations[k] - durations[k + 1])
+            total += _rate(offset[j], gain[j], current, fmax) * (durations[k] - durations[k + 1])
         out[p] = total
 
 
@@ -348,7 +361,7 @@ def _exact_windows(w_int, d, s, n_window_cycles, offset, gain, fmax, out):
             length = durations[k] - durations[k + 1]
             if length:  # 0 inside a run of equal durations
                 for j in range(cols):
-                    out[b, j] += min(max(offset[j] + gain[j] * current[j], 0), fmax) * length
+                    out[b, j] += _rate(offset[j], gain[j], current[j], fmax) * length
 
 
 def _cycle_step(active, drive, w_int, currents, phase, emitted, offset, gain, fmax, limit, knee, k, kc, scale,
@@ -373,12 +386,10 @@ def _cycle_step(active, drive, w_int, currents, phase, emitted, offset, gain, fm
         if currents[j] > limit or currents[j] < -limit:
             return 2
     for j in range(cols):
-        phase[j] += min(max(offset[j] + gain[j] * currents[j], 0), fmax)
+        phase[j] += _rate(offset[j], gain[j], currents[j], fmax)
     if knee > 0:
         for j in range(cols):
-            u = max(np.float64(phase[j]), 0.0)
-            v = knee - min(u, knee)
-            total = np.int64((kc - v * v * k) * scale)
+            total = np.int64(_knee_pulses(max(np.float64(phase[j]), 0.0), knee, k, kc, scale))
             pulses[j] = total - emitted[j]
             emitted[j] = total
     else:
@@ -551,9 +562,7 @@ def _bracketed_row(op_key, per_lane, advance, bin_shift, lowest, reach, knee, k,
         bins[j] = np.int64(z >> shift)
     if knee > 0:
         for j in range(len(per_lane)):
-            u = max(lowest[bins[j]] + advance[j], 0.0)
-            v = knee - min(u, knee)
-            u = (kc - v * v * k) * scale
+            u = _knee_pulses(max(lowest[bins[j]] + advance[j], 0.0), knee, k, kc, scale)
             counts[j] = np.int64(u)
             open_[j] = u + reach[bins[j]] >= np.float64(counts[j] + 1)
     else:
