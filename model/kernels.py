@@ -2,9 +2,9 @@
 arrays, done an element or a pair at a time in one loop each.
 
 - the band test's elementwise steps (`drive._Int8Bounds.failures`): its int8 left operands from
-  the durations (`band_operands`), and its verdicts from the int8 GEMM's digit products, with
-  the failed pairs' scan starts (`band_failures`), instead of ~30 numpy passes over
-  (bands, windows, cols) arrays;
+  the durations (`band_operands`), and its verdicts from the int8 GEMM's products with one
+  digit of W and a bound on the rest, with the failed pairs' exact scan starts
+  (`band_failures`), instead of ~30 numpy passes over (bands, windows, cols) arrays;
 - the exact scans and sums of the pairs left open (`scan_pairs`, `exact_pairs`): one column's
   terms s_i W[i, j] walked over the window's rows sorted by decreasing duration, whose prefix
   sums at the ends of runs of equal durations are the cycles' currents (docs/numerics.md
@@ -19,9 +19,12 @@ arrays, done an element or a pair at a time in one loop each.
   the charge's int8 products (`CcoTransfer.counts_of_charge`).
 
 Each computes the same integers, or the same IEEE operations in the same order (numba fuses no
-multiply-add without fastmath), as numpy's path, so every count is the same either way:
-tests/test_model_kernels.py compares each with numpy's version or the per-cycle contract, and
-the window tests and the equivalence regression run the twin on both paths.
+multiply-add without fastmath), as numpy's path, except the band test, whose compiled bound is
+looser (a superset of numpy's failed pairs, which the exact scans then decide), so every count
+is the same either way: tests/test_model_kernels.py compares each with numpy's version or the
+per-cycle contract (the band test: a proof that fails every pair numpy's fails and every pair
+that leaves the limits, with exact scan starts), and the window tests and the equivalence
+regression run the twin on both paths.
 
 Numba is a dependency, but `PCMHIL_JIT=0` turns the kernels off, and an import or a check that
 fails leaves numpy's path. Like torch's import (`int_gemm`), loading happens on a process's
@@ -416,15 +419,22 @@ def _band_operands(d, s, edges, left):
                 left[bands + g, b, i] = on - next_on
 
 
-def _band_failures(a, t, sizes, shift, mid, half, bands):
-    """The band test's verdicts (`drive.CurrentBounds._band_test`) from its exact products:
-    a (digits, bands windows, cols) int32, the products of A_g's operands with W's base-256
-    digits (lowest first; A_g = sum_k 256**k a[k]); t (bands windows, >= cols) int32, T_g's
-    bound before the shift (t << shift); sizes (bands, windows), the row counts of the groups.
+def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, edges):
+    """The band test's verdicts (`drive.CurrentBounds._band_test`) from one-digit products:
+    a (bands windows, cols) int32, the products of A_g's operands x_g with H, W = base H + L
+    (`drive._Int8Bounds`); t (bands windows, >= cols) int32, T_g's bound before the shift
+    (t << shift); sizes (bands, windows), the row counts of the groups; low_max (cols,) max |L|
+    per column and low_t (cols, rows) L transposed; d, s the drive and edges the band edges
+    (e_bands = n). A_g = base a + x_g L lies within base a -+ low_max_j |x_g|_1, where
+    |x_g|_1 = (rows with d > e_g) + (rows with d > e_g+1): a pair passes band g if
+    |base a - M| + T_g + low_max_j |x_g|_1 <= H, a proof for every A_g in that interval.
     Returns the failed pairs (window, column) and their scan starts (value, first, last), as
-    `drive._scan_start`."""
-    digits, flat, cols = a.shape
+    `drive._scan_start`: value C_g_hi+1 exact, base times its one-digit part (C_bands = 0,
+    C_g = a_g - C_g+1, exact integers) plus sum over the rows with d > e_g_hi+1 of s_i L_ij."""
+    flat, cols = a.shape
+    bands = len(edges) - 1
     windows = flat // bands
+    rows = d.shape[1]
     worst = np.empty(cols, np.int64)
     above = np.zeros(bands + 1, np.int64)
     found = 0
@@ -435,45 +445,38 @@ def _band_failures(a, t, sizes, shift, mid, half, bands):
     last_out = np.empty(64, np.int64)
     currents = np.empty(bands + 1, np.int64)
     for b in range(windows):
+        for g in range(bands - 1, -1, -1):
+            above[g] = above[g + 1] + sizes[g, b]
         for j in range(cols):
             worst[j] = 0
         for g in range(bands):
             row = g * windows + b
-            # one loop per digit count (a loop over the digits inside would not vectorise)
-            if digits == 1:
-                for j in range(cols):
-                    y = abs(np.int64(a[0, row, j]) - mid[j]) + (np.int64(t[row, j]) << shift)
-                    worst[j] = max(worst[j], y)
-            elif digits == 2:
-                for j in range(cols):
-                    value = np.int64(a[1, row, j]) * 256 + a[0, row, j]
-                    y = abs(value - mid[j]) + (np.int64(t[row, j]) << shift)
-                    worst[j] = max(worst[j], y)
-            else:
-                for j in range(cols):
-                    value = np.int64(a[digits - 1, row, j])
-                    for k in range(digits - 2, -1, -1):
-                        value = value * 256 + a[k, row, j]
-                    y = abs(value - mid[j]) + (np.int64(t[row, j]) << shift)
-                    worst[j] = max(worst[j], y)
-        for g in range(bands - 1, -1, -1):
-            above[g] = above[g + 1] + sizes[g, b]
+            spread = above[g] + above[g + 1]
+            for j in range(cols):
+                y = (abs(base * np.int64(a[row, j]) - mid[j]) + (np.int64(t[row, j]) << shift)
+                     + low_max[j] * spread)
+                worst[j] = max(worst[j], y)
         for j in range(cols):
             if worst[j] <= half[j]:
                 continue
-            # the failed bands g_lo .. g_hi and the current C_g_hi+1 (C_bands = 0, C_g = A_g - C_g+1)
+            # the failed bands g_lo .. g_hi and the one-digit part of C_g_hi+1
             g_lo, g_hi = bands, -1
             currents[bands] = 0
             for g in range(bands - 1, -1, -1):
                 row = g * windows + b
-                value = np.int64(a[digits - 1, row, j])
-                for k in range(digits - 2, -1, -1):
-                    value = value * 256 + a[k, row, j]
-                if abs(value - mid[j]) + (np.int64(t[row, j]) << shift) > half[j]:
+                value = np.int64(a[row, j])
+                y = (abs(base * value - mid[j]) + (np.int64(t[row, j]) << shift)
+                     + low_max[j] * (above[g] + above[g + 1]))
+                if y > half[j]:
                     g_lo = g
                     if g_hi < 0:
                         g_hi = g
                 currents[g] = value - currents[g + 1]
+            low = 0
+            if g_hi + 1 < bands:  # C_bands = 0: no row conducts past the window
+                edge = edges[g_hi + 1]
+                for i in range(rows):
+                    low += np.int64(d[b, i] > edge) * s[b, i] * low_t[j, i]
             if found == len(window_out):
                 window_out = _grown(window_out)
                 column_out = _grown(column_out)
@@ -482,7 +485,7 @@ def _band_failures(a, t, sizes, shift, mid, half, bands):
                 last_out = _grown(last_out)
             window_out[found] = b
             column_out[found] = j
-            value_out[found] = currents[g_hi + 1]
+            value_out[found] = base * currents[g_hi + 1] + low
             first_out[found] = above[g_hi + 1]
             last_out[found] = above[g_lo]
             found += 1

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pcmhil.model import int_gemm, kernels
+from pcmhil.model import drive, int_gemm, kernels
 from pcmhil.model.cco import CcoTransfer
 from pcmhil.model.drive import SelectedConductance, check_drive
 from pcmhil.model.keyed_rng import KeyedRng
@@ -173,16 +173,20 @@ def test_a_few_windows_are_summed_exactly_and_many_take_the_band_test(compiled, 
 
 
 @pytest.mark.parametrize(("w_max", "bands", "density"), [(19_436, 5, 1.0), (100, 2, 0.5), (2**20, 8, 0.9)])
-def test_compiled_band_test_equals_numpy(compiled, monkeypatch, w_max, bands, density):
-    """The same failed pairs and scan starts as numpy's band test on the int8 path, for one,
-    two and three digits of W, sparse and dense drives, few and many bands."""
+def test_compiled_band_test_is_a_proof(compiled, monkeypatch, w_max, bands, density):
+    """The compiled band test (one digit of W and an interval for the rest) fails every pair
+    numpy's exact band test fails and every pair whose current leaves the limits in some
+    cycle; a pair it fails starts its scan at the exact current C_g_hi+1 of its last failed
+    band; for W of one, two and three base-256 digits, sparse and dense drives, few and many
+    bands. W within int8 (w_max 100) makes the interval empty: the same pairs as numpy's."""
     if not int_gemm.warm_up():
         pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
                     "is not exact on this CPU (model/int_gemm.py)")
     monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
     rng = np.random.default_rng(bands)
     rows, cols, windows, n = 256, 70, 230, 128
-    w = SelectedConductance.of(rng.integers(-w_max, w_max + 1, (rows, cols)))
+    w_int = rng.integers(-w_max, w_max + 1, (rows, cols))
+    w = SelectedConductance.of(w_int)
     x = rng.integers(-128, 128, (windows, rows)) * (rng.random((windows, rows)) < density)
     d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
     half = (w.reach // 4).astype(np.int64)
@@ -191,11 +195,40 @@ def test_compiled_band_test_equals_numpy(compiled, monkeypatch, w_max, bands, de
     bounds.bands = bands
     numpy_path = bounds._band_test(d, s, n, density == 1.0)
     compiled_path = bounds._band_test(d, s, n, density == 1.0, compiled)
-    assert 0 < len(numpy_path.window) < windows * cols
-    assert np.array_equal(compiled_path.window, numpy_path.window)
-    assert np.array_equal(compiled_path.column, numpy_path.column)
-    for got, expected in zip(compiled_path.start, numpy_path.start, strict=True):
-        assert np.array_equal(got, expected)
+    failed = np.zeros((windows, cols), dtype=bool)
+    failed[compiled_path.window, compiled_path.column] = True
+    assert 0 < failed.sum() < windows * cols
+    assert failed[numpy_path.window, numpy_path.column].all()
+    if w_max <= 127:
+        assert failed.sum() == len(numpy_path.window)
+    # every cycle's current, exactly: the pairs that leave the limits are all failed
+    cycles = np.arange(n)
+    currents = np.einsum("bci,ij->bcj", (d[:, None, :] > cycles[:, None]) * s[:, None, :].astype(np.int64),
+                         w_int)
+    leaves = ((currents < lower) | (currents > upper)).any(axis=1)
+    assert failed[leaves].all() and (leaves.any() or density < 1)  # sparse drives: none leave
+    # the scan starts, from the bound's formula in numpy: the failed bands g_lo .. g_hi; the
+    # exact current C_g_hi+1 and the rows conducting at e_g_hi+1 and e_g_lo
+    exact = bounds.int8(windows)
+    edges = drive._band_edges_to_end(bands, n)
+    on = np.array([d > e for e in edges]).astype(np.int64)  # (bands + 1, windows, rows)
+    x_g = (on[:-1] + on[1:]) * s
+    high = np.floor_divide(w_int + exact.base // 2, exact.base)
+    group_abs = np.einsum("gbi,ij->gbj", on[:-1] - on[1:], -(-np.abs(w_int) >> exact.shift)) << exact.shift
+    spread = (on[:-1] + on[1:]).sum(axis=2)[..., None]
+    y = np.abs(exact.base * (x_g @ high) - exact.mid) + group_abs + exact.low_max * spread
+    window, column = compiled_path.window, compiled_path.column
+    band_failed = y[:, window, column] > exact.half[column]  # (bands, pairs)
+    g_lo = np.argmax(band_failed, axis=0)
+    g_hi = bands - 1 - np.argmax(band_failed[::-1], axis=0)
+    current_at_edge = np.array([currents[:, e, :] if e < n else np.zeros((windows, cols), np.int64)
+                                for e in edges])
+    above = on.sum(axis=2)  # (bands + 1, windows)
+    value, first, last = compiled_path.start
+    assert band_failed.any(axis=0).all()
+    assert np.array_equal(value, current_at_edge[g_hi + 1, window, column])
+    assert np.array_equal(first, above[g_hi + 1, window])
+    assert np.array_equal(last, above[g_lo, window])
 
 
 _CCOS = {"hermes": PRESETS["hermes-2dev"].cco, "ideal": PRESETS["ideal"].cco,
