@@ -79,6 +79,31 @@ def test_band_edges_start_at_zero_and_cover_the_window(bands, n):
     assert not edges.flags.writeable
 
 
+def test_band_count_adapts_to_the_failing_pairs_and_ignores_stale_tests():
+    """One band more above _MORE_BANDS_ABOVE of the pairs failing, one fewer below
+    _FEWER_BANDS_BELOW, within [2, _MAX_BANDS]; a test made with another band count than the
+    current one (the other thread's half, begun before a change) moves nothing."""
+    rng = np.random.default_rng(3)
+    w = SelectedConductance.of(rng.integers(-1000, 1001, (64, 32)))
+    bounds = w.bounds(-(w.reach // 4), w.reach // 4)
+    pairs = drive._ADAPT_WINDOWS * len(bounds.cols)
+    bounds.bands = 4
+    bounds._adapt_bands(drive._ADAPT_WINDOWS, int(0.05 * pairs), 4)
+    assert bounds.bands == 5
+    bounds._adapt_bands(drive._ADAPT_WINDOWS, int(0.05 * pairs), 4)  # made with 4 bands: stale
+    assert bounds.bands == 5
+    bounds._adapt_bands(drive._ADAPT_WINDOWS // 2, 0, 5)  # judged once _ADAPT_WINDOWS are seen
+    assert bounds.bands == 5
+    bounds._adapt_bands(drive._ADAPT_WINDOWS // 2, 0, 5)
+    assert bounds.bands == 4
+    bounds.bands = drive._MAX_BANDS
+    bounds._adapt_bands(drive._ADAPT_WINDOWS, pairs, drive._MAX_BANDS)
+    assert bounds.bands == drive._MAX_BANDS
+    bounds.bands = 2
+    bounds._adapt_bands(drive._ADAPT_WINDOWS, 0, 2)
+    assert bounds.bands == 2
+
+
 def former_cumulative_pulses(t: CcoTransfer, phase: np.ndarray) -> np.ndarray:
     """The operation sequence before the tail was shortened (the reference)."""
     u = np.maximum(phase, 0, dtype=np.float64)
