@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pcmhil.model import cco, drive, get_preset, keyed_rng
+from pcmhil.model import cco, drive, get_preset, keyed_rng, window_worker
 from pcmhil.model.analog_tile import PROGRAM_TARGET, make_analog_tiles
 from pcmhil.model.cco import PHASE_PER_PULSE, CcoTransfer
 from pcmhil.model.drive import SelectedConductance, currents_may_leave, single_threaded_blas
@@ -47,6 +47,37 @@ def test_a_batch_equals_its_windows_one_at_a_time(window_path):
                                 for k in range(len(durations))])
         assert np.array_equal(whole, alone)
     assert batched.window_index == single.window_index == 690
+
+
+def test_two_threads_give_the_same_counts_at_any_split(monkeypatch):
+    """The caller's share of a batch split between two threads follows their speeds and
+    changes no count: shares at both bounds give the counts of equal halves."""
+    x = np.random.default_rng(5).integers(-128, 128, (max(300, window_worker.MIN_WINDOWS), 256))
+    counts = []
+    for share in (0.5, cco._ThreadShare.LOW, cco._ThreadShare.HIGH):
+        split = cco._ThreadShare()
+        split.share = share
+        monkeypatch.setattr(cco, "_thread_share", split)
+        monkeypatch.setattr(cco, "_PARALLEL_MIN_WINDOWS", 1)  # threads on numpy's path too,
+        monkeypatch.setattr(window_worker, "for_large_batch", lambda: None)  # not the worker process
+        counts.append(bench_tile().windows(np.abs(x), x < 0, np.zeros(len(x), int), 128))
+        assert split.share != share or share == 0.5  # updated from the two halves' times
+    assert np.array_equal(counts[0], counts[1]) and np.array_equal(counts[0], counts[2])
+
+
+def test_thread_share_moves_towards_the_faster_thread_within_bounds():
+    split = cco._ThreadShare()
+    assert split.split(1000) == 500 and split.split(2) == 1
+    split.update(500, 0.006, 500, 0.003)  # the caller took twice as long per window
+    assert split.share == pytest.approx(0.5 * (0.5 + 1 / 3))
+    for _ in range(20):
+        split.update(500, 0.009, 500, 0.001)
+    assert split.share == cco._ThreadShare.LOW and split.split(1000) == 250
+    split.update(500, 0.0, 500, 0.0)  # no time measured: unchanged
+    assert split.share == cco._ThreadShare.LOW
+    for _ in range(20):
+        split.update(500, 0.001, 500, 0.009)
+    assert split.share == cco._ThreadShare.HIGH and split.split(3) == 2
 
 
 def test_scan_from_the_band_test_lists_every_pair_that_clips():
