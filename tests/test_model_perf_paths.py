@@ -57,11 +57,15 @@ def test_two_threads_give_the_same_counts_at_any_split(monkeypatch):
     for share in (0.5, cco._ThreadShare.LOW, cco._ThreadShare.HIGH):
         split = cco._ThreadShare()
         split.share = share
+        updates = []
+        monkeypatch.setattr(split, "update", lambda *times, _u=updates: _u.append(times))
         monkeypatch.setattr(cco, "_thread_share", split)
         monkeypatch.setattr(cco, "_PARALLEL_MIN_WINDOWS", 1)  # threads on numpy's path too,
         monkeypatch.setattr(window_worker, "for_large_batch", lambda: None)  # not the worker process
         counts.append(bench_tile().windows(np.abs(x), x < 0, np.zeros(len(x), int), 128))
-        assert split.share != share or share == 0.5  # updated from the two halves' times
+        # split as the share says, both halves timed
+        ((caller, caller_s, other, other_s),) = updates
+        assert caller == split.split(len(x)) and other == len(x) - caller and caller_s > 0 and other_s > 0
     assert np.array_equal(counts[0], counts[1]) and np.array_equal(counts[0], counts[2])
 
 
