@@ -540,8 +540,8 @@ class _Int8Bounds:
     in int32 where every |A_g - M| + T_g fits (8 (reach + 1) < 2**31), else int64.
 
     The compiled test (`failures`) takes A_g from one digit: W = base H + L with H = W / base
-    rounded, base = ceil(max |W| / 127) (|H| <= 127, |L| <= base / 2; base 1 and L = 0 where W
-    fits int8). Then A_g = base (x_g H) + x_g L, x_g H one exact int8 product, and
+    rounded, base = ceil(max |W| / 127) (|H| <= 127, |L| <= base / 2; base 1 and L = 0 where
+    |W| <= 127). Then A_g = base (x_g H) + x_g L, x_g H one exact int8 product, and
     |x_g L| <= max_i |L_ij| sum_i |x_g,i|, so the test takes the worst A_g of that interval:
     still a proof, for one product instead of one per digit of W (two at HERMES's conductance
     resolution). Measured at 256 x 256 with the twin benchmark's uniform weights and inputs: 6
