@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import NoReturn, Protocol
@@ -573,7 +573,11 @@ class CCO:
         start = time.perf_counter()
         second = _thread().submit(_timed_window_counts, t, rng, w, d[half:], s[half:], n, ops[half:],
                                   counts[half:])
-        window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], True, out=counts[:half])
+        try:
+            window_counts(t, rng, w, d[:half], s[:half], n, ops[:half], True, out=counts[:half])
+        except BaseException:
+            wait([second])  # the other half ends before the error leaves: no thread left writing
+            raise
         caller_s = time.perf_counter() - start
         _thread_share.update(half, caller_s, len(d) - half, second.result())
         return counts

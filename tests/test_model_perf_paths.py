@@ -69,6 +69,31 @@ def test_two_threads_give_the_same_counts_at_any_split(monkeypatch):
     assert np.array_equal(counts[0], counts[1]) and np.array_equal(counts[0], counts[2])
 
 
+def test_an_error_in_the_callers_half_waits_for_the_other_half(monkeypatch):
+    """When the caller's half of a two-thread batch raises, the error leaves only after the
+    other half has ended (no thread goes on writing into the batch's counts)."""
+    import threading
+    import time
+
+    ended = []
+    caller = threading.get_ident()
+
+    def counts(t, rng, w, d, s, n, ops, coarse=False, out=None):
+        if threading.get_ident() == caller:
+            raise RuntimeError("the caller's half failed")
+        time.sleep(0.2)
+        ended.append(len(d))
+        return out
+
+    monkeypatch.setattr(cco, "window_counts", counts)
+    monkeypatch.setattr(cco, "_PARALLEL_MIN_WINDOWS", 1)
+    monkeypatch.setattr(window_worker, "for_large_batch", lambda: None)
+    x = np.random.default_rng(6).integers(-128, 128, (max(300, window_worker.MIN_WINDOWS), 256))
+    with pytest.raises(RuntimeError, match="caller's half failed"):
+        bench_tile().windows(np.abs(x), x < 0, np.zeros(len(x), int), 128)
+    assert ended == [len(x) - cco._thread_share.split(len(x))]
+
+
 def test_thread_share_moves_towards_the_faster_thread_within_bounds():
     split = cco._ThreadShare()
     assert split.split(1000) == 500 and split.split(2) == 1
