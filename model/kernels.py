@@ -290,11 +290,11 @@ def _sorted_rows(d, s, b, order, durations, starts):
     return count
 
 
-def _pair_scratch(rows, durations):
+def _pair_scratch(rows, with_durations):
     """The scratch of a loop over windows or pairs (`_sorted_rows`): order, durations (rows + 1
     of them, or none), the counting sort's starts."""
     starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
-    return np.empty(rows, np.int64), np.empty(rows + 1 if durations else 0, np.int64), starts
+    return np.empty(rows, np.int64), np.empty(rows + 1 if with_durations else 0, np.int64), starts
 
 
 def _scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, out):
