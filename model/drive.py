@@ -469,8 +469,9 @@ class CurrentBounds:
 
         `compiled` (the loaded `kernels`): the scan starts for any number of pairs (the compiled
         scan takes them all), and on the int8 path the elementwise steps compiled, with A_g from
-        one int8 digit and an interval for the rest (`_Int8Bounds.failures`): a looser bound
-        (more pairs fail a band) for half the products of A_g.
+        one int8 digit and an interval for the rest (`_Int8Bounds.failures`, where that bound
+        fits int32: `int32_test`): a looser bound (more pairs fail a band) for half the products
+        of A_g.
 
         `bands`: the band count to use (default `bands`; `may_leave` reads it once, as the other
         thread of a large batch may change it).
@@ -484,7 +485,7 @@ class CurrentBounds:
         mid, half = (self.mid, self.half) if exact is None else (exact.mid, exact.half)
         parts = []
         for chunk in _window_chunks(len(d), bands * rows, _BAND_CHUNK_ELEMENTS):
-            if exact is not None and compiled is not None:
+            if exact is not None and compiled is not None and exact.int32_test:
                 failed = exact.failures(d[chunk], s[chunk], bands, n_window_cycles, compiled)
                 parts.append(_FailedPairs(failed.window + chunk.start, failed.column, failed.start))
                 continue
@@ -582,8 +583,15 @@ class _Int8Bounds:
         high_digit = np.floor_divide(w_int + self.base // 2, self.base)
         low_part = w_int - self.base * high_digit
         self.a_high = int_gemm.Int8Matrix(torch, high_digit)
-        self.low_max = np.abs(low_part).max(axis=0, initial=0).astype(np.int64)
-        self.low_t = np.ascontiguousarray(low_part.T, dtype=np.int32 if self.base < 2**31 else np.int64)
+        low_max = np.abs(low_part).max(axis=0, initial=0)
+        # the compiled bound |base a - M| + (t << shift) + max|L| |x_g|_1 in int32: every term
+        # and sum below 2**31 (|x_g|_1 <= 2 rows, |a| <= 127 |x_g|_1, t <= 127 rows)
+        rows = w.rows
+        largest = (self.base * 254 * rows + int(np.abs(self.mid).max(initial=0))
+                   + (127 * rows << self.shift) + 2 * rows * int(low_max.max(initial=0)))
+        self.int32_test = not wide and largest < 2**31
+        self.low_max = low_max.astype(np.int32 if self.int32_test else np.int64)
+        self.low_t = np.ascontiguousarray(low_part.T, dtype=np.int32 if self.int32_test else np.int64)
 
     def bands(self, d: np.ndarray, s: np.ndarray, bands: int, n_window_cycles: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -432,12 +432,16 @@ def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, ed
     |base a - M| + T_g + low_max_j |x_g|_1 <= H, a proof for every A_g in that interval.
     Returns the failed pairs (window, column) and their scan starts (value, first, last), as
     `drive._scan_start`: value C_g_hi+1 exact, base times its one-digit part (C_bands = 0,
-    C_g = a_g - C_g+1, exact integers) plus sum over the rows with d > e_g_hi+1 of s_i L_ij."""
+    C_g = a_g - C_g+1, exact integers) plus sum over the rows with d > e_g_hi+1 of s_i L_ij.
+    The bound's arithmetic is int32 (8 lanes a vector instead of int64's 4, and no 64-bit
+    multiply: measured 1.28 -> 0.53 us a window at 256 x 256, 6 bands): mid, half and low_max
+    int32, for operands where every term and sum fits (`drive._Int8Bounds.int32_test`)."""
     flat, cols = a.shape
     bands = len(edges) - 1
     windows = flat // bands
     rows = d.shape[1]
-    worst = np.empty(cols, np.int64)
+    base32, shift32 = np.int32(base), np.int32(shift)
+    worst = np.empty(cols, np.int32)
     above = np.zeros(bands + 1, np.int64)
     found = 0
     window_out = np.empty(64, np.int64)
@@ -453,10 +457,10 @@ def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, ed
             worst[j] = 0
         for g in range(bands):
             row = g * windows + b
-            spread = above[g] + above[g + 1]
-            for j in range(cols):
-                y = (abs(base * np.int64(a[row, j]) - mid[j]) + (np.int64(t[row, j]) << shift)
-                     + low_max[j] * spread)
+            spread = np.int32(above[g] + above[g + 1])
+            for j in range(cols):  # int32 throughout (each cast undoes numba's promotion to int64)
+                y = np.int32(abs(np.int32(np.int32(base32 * a[row, j]) - mid[j])))
+                y = np.int32(np.int32(y + np.int32(t[row, j] << shift32)) + np.int32(low_max[j] * spread))
                 worst[j] = max(worst[j], y)
         for j in range(cols):
             if worst[j] <= half[j]:
@@ -466,19 +470,20 @@ def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, ed
             currents[bands] = 0
             for g in range(bands - 1, -1, -1):
                 row = g * windows + b
-                value = np.int64(a[row, j])
-                y = (abs(base * value - mid[j]) + (np.int64(t[row, j]) << shift)
-                     + low_max[j] * (above[g] + above[g + 1]))
+                value = a[row, j]
+                spread = np.int32(above[g] + above[g + 1])
+                y = np.int32(abs(np.int32(np.int32(base32 * value) - mid[j])))
+                y = np.int32(np.int32(y + np.int32(t[row, j] << shift32)) + np.int32(low_max[j] * spread))
                 if y > half[j]:
                     g_lo = g
                     if g_hi < 0:
                         g_hi = g
                 currents[g] = value - currents[g + 1]
-            low = 0
+            low = np.int32(0)
             if g_hi + 1 < bands:  # C_bands = 0: no row conducts past the window
                 edge = edges[g_hi + 1]
                 for i in range(rows):
-                    low += np.int64(d[b, i] > edge) * s[b, i] * low_t[j, i]
+                    low = np.int32(low + np.int32(np.int32(d[b, i] > edge) * np.int32(s[b, i] * low_t[j, i])))
             if found == len(window_out):
                 window_out = _grown(window_out)
                 column_out = _grown(column_out)

@@ -231,6 +231,32 @@ def test_compiled_band_test_is_a_proof(compiled, monkeypatch, w_max, bands, dens
     assert np.array_equal(last, above[g_lo, window])
 
 
+
+def test_band_test_beyond_int32_takes_numpys_int8_path(compiled, monkeypatch):
+    """Where the compiled bound would not fit int32 (W of three base-256 digits on 256 rows),
+    the compiled path takes numpy's exact int8 band test: the same failed pairs and scan starts."""
+    if not int_gemm.warm_up():
+        pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
+                    "is not exact on this CPU (model/int_gemm.py)")
+    monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
+    rng = np.random.default_rng(7)
+    rows, cols, windows, n = 256, 40, 120, 128
+    w_int = rng.integers(-2**22, 2**22 + 1, (rows, cols))
+    w = SelectedConductance.of(w_int)
+    x = rng.integers(-128, 128, (windows, rows))
+    d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
+    half = (w.reach // 4).astype(np.int64)
+    bounds = w.bounds(-half, half)
+    bounds.bands = 4
+    assert not bounds.int8(windows).int32_test
+    numpy_path = bounds._band_test(d, s, n, True)
+    compiled_path = bounds._band_test(d, s, n, True, compiled)
+    assert len(numpy_path.window) > 0
+    assert np.array_equal(compiled_path.window, numpy_path.window)
+    assert np.array_equal(compiled_path.column, numpy_path.column)
+    for got, expected in zip(compiled_path.start, numpy_path.start, strict=True):
+        assert np.array_equal(got, expected)
+
 _CCOS = {"hermes": PRESETS["hermes-2dev"].cco, "ideal": PRESETS["ideal"].cco,
          "linear, noisy": CcoPreset(nonlinearity_beta=0.0, output_noise_pulses=0.3)}
 
