@@ -629,8 +629,12 @@ class _Int8Bounds:
         a = self.a_high.product(left[:bands].reshape(bands * windows, rows), np.int32)  # one digit
         part = self.t.product(left[bands:].reshape(bands * windows, rows), np.int32)  # one digit
         sizes = part[:, len(self.mid)].reshape(bands, windows)
-        window, column, *start = compiled.band_failures(a, part, sizes, self.shift, self.mid, self.half,
-                                                        self.base, self.low_max, self.low_t, d, s, edges)
+        worst = np.empty((windows, len(self.mid)), dtype=np.int32)
+        compiled.band_worst(a, part, sizes, np.int32(self.shift), self.mid, np.int32(self.base), self.low_max,
+                            worst)
+        window, column, *start = compiled.band_failures(worst, a, part, sizes, self.shift, self.mid,
+                                                        self.half, self.base, self.low_max, self.low_t, d, s,
+                                                        edges)
         return _FailedPairs(window, column, tuple(start))
 
 

@@ -3,7 +3,7 @@ arrays, done an element or a pair at a time in one loop each.
 
 - the band test's elementwise steps (`drive._Int8Bounds.failures`): its int8 left operands from
   the durations (`band_operands`), and its verdicts from the int8 GEMM's products with one
-  digit of W and a bound on the rest, with the failed pairs' exact scan starts
+  digit of W and a bound on the rest (`band_worst`), with the failed pairs' exact scan starts
   (`band_failures`), instead of ~30 numpy passes over (bands, windows, cols) arrays;
 - the exact scans and sums of the pairs left open (`scan_pairs`, `exact_pairs`): one column's
   terms s_i W[i, j] walked over the window's rows sorted by decreasing duration, whose prefix
@@ -116,7 +116,8 @@ def _compiled():
     _grown, _bracketed_row = jit(_grown), jit(_bracketed_row)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
                               exact_windows=jit(_exact_windows), cycle_step=jit(_cycle_step),
-                              band_operands=jit(_band_operands), band_failures=jit(_band_failures),
+                              band_operands=jit(_band_operands), band_worst=jit(_band_worst),
+                              band_failures=jit(_band_failures),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
     return kernels
 
@@ -421,9 +422,10 @@ def _band_operands(d, s, edges, left):
                 left[bands + g, b, i] = on - next_on
 
 
-def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, edges):
+def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, edges):
     """The band test's verdicts (`drive.CurrentBounds._band_test`) from one-digit products:
-    a (bands windows, cols) int32, the products of A_g's operands x_g with H, W = base H + L
+    worst (windows, cols) int32, each pair's largest band bound (`_band_worst`, from the same
+    arguments); a (bands windows, cols) int32, the products of A_g's operands x_g with H, W = base H + L
     (`drive._Int8Bounds`); t (bands windows, >= cols) int32, T_g's bound before the shift
     (t << shift); sizes (bands, windows), the row counts of the groups; low_max (cols,) max |L|
     per column and low_t (cols, rows) L transposed; d, s the drive and edges the band edges
@@ -434,14 +436,14 @@ def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, ed
     `drive._scan_start`: value C_g_hi+1 exact, base times its one-digit part (C_bands = 0,
     C_g = a_g - C_g+1, exact integers) plus sum over the rows with d > e_g_hi+1 of s_i L_ij.
     The bound's arithmetic is int32 (8 lanes a vector instead of int64's 4, and no 64-bit
-    multiply: measured 1.28 -> 0.53 us a window at 256 x 256, 6 bands): mid, half and low_max
-    int32, for operands where every term and sum fits (`drive._Int8Bounds.int32_test`)."""
+    multiply; with `_band_worst` apart, 1.28 -> 0.53 us a window at 256 x 256, 6 bands,
+    measured): mid, half and low_max int32, for operands where every term and sum fits
+    (`drive._Int8Bounds.int32_test`)."""
     flat, cols = a.shape
     bands = len(edges) - 1
     windows = flat // bands
     rows = d.shape[1]
     base32, shift32 = np.int32(base), np.int32(shift)
-    worst = np.empty(cols, np.int32)
     above = np.zeros(bands + 1, np.int64)
     found = 0
     window_out = np.empty(64, np.int64)
@@ -454,16 +456,7 @@ def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, ed
         for g in range(bands - 1, -1, -1):
             above[g] = above[g + 1] + sizes[g, b]
         for j in range(cols):
-            worst[j] = 0
-        for g in range(bands):
-            row = g * windows + b
-            spread = np.int32(above[g] + above[g + 1])
-            for j in range(cols):  # int32 throughout (each cast undoes numba's promotion to int64)
-                y = np.int32(abs(np.int32(np.int32(base32 * a[row, j]) - mid[j])))
-                y = np.int32(np.int32(y + np.int32(t[row, j] << shift32)) + np.int32(low_max[j] * spread))
-                worst[j] = max(worst[j], y)
-        for j in range(cols):
-            if worst[j] <= half[j]:
+            if worst[b, j] <= half[j]:
                 continue
             # the failed bands g_lo .. g_hi and the one-digit part of C_g_hi+1
             g_lo, g_hi = bands, -1
@@ -497,6 +490,28 @@ def _band_failures(a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, ed
             last_out[found] = above[g_lo]
             found += 1
     return window_out[:found], column_out[:found], value_out[:found], first_out[:found], last_out[:found]
+
+
+def _band_worst(a, t, sizes, shift32, mid, base32, low_max, worst):
+    """worst[b, j] = max over the bands g of |base a - M| + (t << shift) + low_max_j |x_g|_1 for
+    window b and column j (`_band_failures`' bound), int32 throughout. A kernel of its own,
+    called from Python: compiled into one function with the failed pairs' steps (also when
+    called from there), this loop runs 2.3x slower (measured at 256 x 256, 6 bands: 1.25 vs
+    0.53 us a window)."""
+    windows, cols = worst.shape
+    bands = sizes.shape[0]
+    for b in range(windows):
+        above, above_next = np.int32(0), np.int32(0)  # rows with d > e_g, e_g+1 (e_bands = n: none)
+        for j in range(cols):
+            worst[b, j] = 0
+        for g in range(bands - 1, -1, -1):
+            above_next, above = above, np.int32(above + sizes[g, b])
+            row = g * windows + b
+            spread = np.int32(above + above_next)
+            for j in range(cols):  # int32 throughout (each cast undoes numba's promotion to int64)
+                y = np.int32(abs(np.int32(np.int32(base32 * a[row, j]) - mid[j])))
+                y = np.int32(np.int32(y + np.int32(t[row, j] << shift32)) + np.int32(low_max[j] * spread))
+                worst[b, j] = max(worst[b, j], y)
 
 
 def _grown(array):
