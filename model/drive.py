@@ -360,15 +360,15 @@ class CurrentBounds:
         self._adapt_bands(len(d), len(failed.window), bands)
         column = failed.column if self.all_cols else self.cols[failed.column]
         if compiled is not None and len(failed.window):  # the scan compiled: for any number of pairs
-            start = failed.start or _full_scan(len(failed.window), w.rows)
+            start = failed.start or _full_scan(len(failed.window), w.rows, int(d.max(initial=0)))
             leaves = np.empty(len(failed.window), dtype=np.bool_)
             compiled.scan_pairs(w.terms.reshape(w.cols, -1), d, s, failed.window, column,
-                                start[0].astype(np.int64), start[1], start[2], self.lower, self.upper, leaves)
+                                start[0].astype(np.int64), start[3], start[4], self.lower, self.upper, leaves)
             return failed.window[leaves], column[leaves]
         if len(failed.window) < _SCAN_MIN_PAIRS:
             return failed.window, column
-        inside = _prefix_scan(w, d, s, failed.window, column, self.lower, self.upper, failed.start,
-                              _SCAN_BLOCK[coarse])
+        inside = _prefix_scan(w, d, s, failed.window, column, self.lower, self.upper,
+                              failed.start and failed.start[:3], _SCAN_BLOCK[coarse])
         return failed.window[~inside], column[~inside]
 
     def _adapt_bands(self, windows: int, failed_pairs: int, bands: int) -> None:
@@ -507,7 +507,7 @@ class CurrentBounds:
                 above[first:bands] = np.cumsum(sizes[::-1], axis=0)[::-1]
                 if first:  # dense: group 0 has no T row; every prefix of the rows is scanned
                     above[0] = rows
-                start = _scan_start(a, y, above, failing, half)
+                start = _scan_start(a, y, above, failing, half, _band_edges_to_end(bands, n_window_cycles))
             parts.append(_FailedPairs(window + chunk.start, column, start))
         return _FailedPairs.joined(parts)
 
@@ -638,15 +638,17 @@ class _Int8Bounds:
         return _FailedPairs(window, column, tuple(start))
 
 
-def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, flat: np.ndarray, half: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, first, last) of the failed pairs (flat indices window * cols + column) for
-    `_prefix_scan`, from `_band_test`'s per-band values y (bands, B, cols), A_g (exact
-    integers) and above (bands + 1, B), the number of rows with d > e_g: the scan covers the
-    cycles of the pair's failed bands g_lo .. g_hi (and of any proven band between them), the
-    prefixes of the rows sorted by decreasing duration from first = above[g_hi + 1] rows, whose
-    sum is the current C_g_hi+1 (value: C_bands = 0, C_g = A_g - C_g+1, exact in float64), to
-    last = above[g_lo]."""
+def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, flat: np.ndarray, half: np.ndarray,
+                edges: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(value, first, last, top, bottom) of the failed pairs (flat indices window * cols +
+    column), from `_band_test`'s per-band values y (bands, B, cols), A_g (exact integers),
+    above (bands + 1, B), the number of rows with d > e_g, and the band edges (e_bands = n):
+    the scan covers the cycles of the pair's failed bands g_lo .. g_hi (and of any proven band
+    between them), the prefixes of the rows sorted by decreasing duration from the first =
+    above[g_hi + 1] rows, those with d > top = e_g_hi+1, whose sum is the current C_g_hi+1
+    (value: C_bands = 0, C_g = A_g - C_g+1, exact in float64), to last = above[g_lo], those
+    with d > bottom = e_g_lo. `_prefix_scan` takes the positions (value, first, last), the
+    compiled scan (`kernels.scan_pairs`) the durations (value, top, bottom)."""
     bands, _, cols = a.shape
     window, column = np.divmod(flat, cols)
     failed = np.take(y.reshape(bands, -1), flat, axis=1) > np.take(half, column)  # (bands, pairs)
@@ -657,17 +659,18 @@ def _scan_start(a: np.ndarray, y: np.ndarray, above: np.ndarray, flat: np.ndarra
     for g in range(bands - 1, -1, -1):
         currents[g] -= currents[g + 1]
     pair = np.arange(len(flat))
-    return currents[g_hi + 1, pair], above[g_hi + 1, window], above[g_lo, window]
+    return (currents[g_hi + 1, pair], above[g_hi + 1, window], above[g_lo, window], edges[g_hi + 1],
+            edges[g_lo])
 
 
 @dataclass(frozen=True)
 class _FailedPairs:
     """The (window, column) pairs a band test failed and, if it has them, their scan starts
-    (value, first, last) for `_prefix_scan`."""
+    (value, first, last, top, bottom) (`_scan_start`)."""
 
     window: np.ndarray
     column: np.ndarray
-    start: tuple[np.ndarray, np.ndarray] | None
+    start: tuple[np.ndarray, ...] | None
 
     @staticmethod
     def joined(parts: list[_FailedPairs]) -> _FailedPairs:
@@ -682,10 +685,11 @@ class _FailedPairs:
 _NO_PAIRS = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
 
 
-def _full_scan(pairs: int, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The scan start (value, first, last) of `_prefix_scan` that covers every cycle."""
-    return (np.zeros(pairs, dtype=np.int64), np.zeros(pairs, dtype=np.intp),
-            np.full(pairs, rows, dtype=np.intp))
+def _full_scan(pairs: int, rows: int, longest: int) -> tuple[np.ndarray, ...]:
+    """The scan start (value, first, last, top, bottom) that covers every cycle (`_scan_start`;
+    longest: the longest duration)."""
+    zeros = np.zeros(pairs, dtype=np.int64)
+    return zeros, zeros, np.full(pairs, rows, dtype=np.int64), np.full(pairs, longest, dtype=np.int64), zeros
 
 
 def terms_sign(w: SelectedConductance, d: np.ndarray, s: np.ndarray) -> int:
@@ -779,7 +783,7 @@ def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: n
     windows, pair_window = np.unique(window, return_inverse=True)
     signed, _ = rows_by_duration(d[windows], s[windows], durations=False)
     positions = signed.shape[1]
-    start = _full_scan(len(window), w.rows) if start is None else start
+    start = _full_scan(len(window), w.rows, 0)[:3] if start is None else start
     value = start[0].astype(w.scan_terms.dtype)  # exact integers (`exact32`)
     first = np.minimum(start[1], positions)
     length = np.minimum(start[2], positions) - first

@@ -39,38 +39,64 @@ def _drive(rng, windows: int, rows: int, longest: int, ties: bool):
     return check_drive(d, s, rows, longest, batched=True)
 
 
-def _prefix_sums(w_int, d, s, b, j):
-    """The prefix sums of window b's terms s_i W[i, j] by decreasing duration (conducting rows)."""
-    order = np.argsort(-d[b], kind="stable")[:np.count_nonzero(d[b])]
-    return np.concatenate([[0], np.cumsum(s[b, order] * w_int[order, j])])
+def _range_sums(w_int, d, s, b, j, top, bottom):
+    """The current of the rows with d > top, then the prefix sums as the rows with
+    bottom < d <= top join by decreasing duration (window b, column j; distinct durations)."""
+    start = int((s[b] * w_int[:, j])[d[b] > top].sum())
+    rows = np.flatnonzero((d[b] > bottom) & (d[b] <= top))
+    rows = rows[np.argsort(-d[b, rows], kind="stable")]
+    return np.concatenate([[start], start + np.cumsum(s[b, rows] * w_int[rows, j])])
 
 
 @pytest.mark.parametrize("rows", [1, 7, 64, 300])
 def test_scan_flags_exactly_the_pairs_whose_prefix_sums_leave_the_limits(compiled, rows):
     """Distinct durations: every prefix sum is the current of a cycle. Pairs in random order
-    (a window's rows sorted again where the window changes) with random start ranges, from the
-    exact sum of the rows before the range."""
+    (a window's rows sorted again where the window changes; runs of pairs of one window share
+    a sort) with random duration ranges (bottom, top], from the exact sum of the rows with
+    durations above the range; some ranges reach past the longest duration, some are empty."""
     rng = np.random.default_rng(rows)
     cols, windows = 11, 30
     w_int = rng.integers(-1000, 1001, (rows, cols))
     d, s = _drive(rng, windows, rows, rows + 3, ties=False)
     pairs = 400
     window, column = rng.integers(0, windows, pairs), rng.integers(0, cols, pairs)
-    first, last = rng.integers(0, rows + 1, pairs), rng.integers(0, rows + 5, pairs)
-    first, last = np.minimum(first, last), np.maximum(first, last)
+    window[:100] = np.sort(window[:100])  # runs of one window's pairs
+    top, bottom = rng.integers(0, rows + 6, pairs), rng.integers(0, rows + 6, pairs)
+    top, bottom = np.maximum(top, bottom), np.minimum(top, bottom)
     reach = np.abs(w_int).sum(axis=0)
     lower, upper = -rng.integers(0, reach + 1), rng.integers(0, reach + 1)
     value, expected = np.empty(pairs, np.int64), np.empty(pairs, bool)
     for p in range(pairs):
-        sums = _prefix_sums(w_int, d, s, window[p], column[p])
-        covered = sums[min(first[p], len(sums) - 1):min(last[p], len(sums) - 1) + 1]
-        value[p] = covered[0]
-        expected[p] = (covered < lower[column[p]]).any() or (covered > upper[column[p]]).any()
+        sums = _range_sums(w_int, d, s, window[p], column[p], top[p], bottom[p])
+        value[p] = sums[0]
+        expected[p] = (sums < lower[column[p]]).any() or (sums > upper[column[p]]).any()
     out = np.empty(pairs, np.bool_)
     terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
-    compiled.scan_pairs(terms, d, s, window, column, value, first, last, lower, upper, out)
+    compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out)
     assert np.array_equal(out, expected)
     assert 0 < expected.sum() < pairs  # both outcomes were tested
+
+
+def test_scan_of_long_durations_merge_sorts_the_rows_in_range(compiled):
+    """Duration ranges longer than the counting sort's table: the same verdicts by a merge sort."""
+    rng = np.random.default_rng(3)
+    rows, cols, windows, longest = 40, 6, 5, 3 * kernels._COUNTING_SORT_MAX
+    w_int = rng.integers(-1000, 1001, (rows, cols))
+    d, s = _drive(rng, windows, rows, longest, ties=False)
+    window, column = np.divmod(np.arange(windows * cols), cols)
+    top, bottom = np.full(len(window), longest), np.zeros(len(window), np.int64)
+    top[::2] = rng.integers(longest // 2, longest, len(top[::2]))
+    bottom[1::3] = rng.integers(0, longest // 3, len(bottom[1::3]))
+    limit = np.full(cols, 2000)
+    value, expected = np.empty(len(window), np.int64), np.empty(len(window), bool)
+    for p in range(len(window)):
+        sums = _range_sums(w_int, d, s, window[p], column[p], top[p], bottom[p])
+        value[p], expected[p] = sums[0], (np.abs(sums) > 2000).any()
+    out = np.empty(len(window), np.bool_)
+    terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
+    compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, -limit, limit, out)
+    assert np.array_equal(out, expected)
+    assert 0 < expected.sum() < len(window)
 
 
 def _cycle_currents(w_int, d, s, n):
@@ -90,7 +116,7 @@ def test_scan_with_ties_never_misses_a_cycle_outside(compiled):
     window, column = np.divmod(np.arange(windows * cols), cols)
     out = np.empty(len(window), np.bool_)
     pairs = len(window)
-    start = (np.zeros(pairs, np.int64), np.zeros(pairs, np.intp), np.full(pairs, rows, np.intp))
+    start = (np.zeros(pairs, np.int64), np.full(pairs, n, np.int64), np.zeros(pairs, np.int64))
     terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
     compiled.scan_pairs(terms, d, s, window, column, *start, -limit, limit, out)
     truth = (np.abs(currents) > limit).any(axis=1).ravel()
@@ -224,11 +250,12 @@ def test_compiled_band_test_is_a_proof(compiled, monkeypatch, w_max, bands, dens
     current_at_edge = np.array([currents[:, e, :] if e < n else np.zeros((windows, cols), np.int64)
                                 for e in edges])
     above = on.sum(axis=2)  # (bands + 1, windows)
-    value, first, last = compiled_path.start
+    value, first, last, top, bottom = compiled_path.start
     assert band_failed.any(axis=0).all()
     assert np.array_equal(value, current_at_edge[g_hi + 1, window, column])
     assert np.array_equal(first, above[g_hi + 1, window])
     assert np.array_equal(last, above[g_lo, window])
+    assert np.array_equal(top, edges[g_hi + 1]) and np.array_equal(bottom, edges[g_lo])
 
 
 
