@@ -152,8 +152,8 @@ class SelectedConductance:
 
     @cached_property
     def scan_terms(self) -> np.ndarray:
-        """`signed_terms` for `_prefix_scan`: int32 where every prefix sum (bounded by reach)
-        fits, else int64."""
+        """`signed_terms` for the scans (`_prefix_scan`, `kernels.scan_pairs`): int32 where
+        every prefix sum (bounded by reach) fits, else int64 (half the cache lines)."""
         return signed_terms(self.w_int, np.int32 if self.reach.max(initial=0) < 2**31 else np.int64)
 
     @property
@@ -362,7 +362,7 @@ class CurrentBounds:
         if compiled is not None and len(failed.window):  # the scan compiled: for any number of pairs
             start = failed.start or _full_scan(len(failed.window), w.rows, int(d.max(initial=0)))
             leaves = np.empty(len(failed.window), dtype=np.bool_)
-            compiled.scan_pairs(w.terms.reshape(w.cols, -1), d, s, failed.window, column,
+            compiled.scan_pairs(w.scan_terms.reshape(w.cols, -1), d, s, failed.window, column,
                                 start[0].astype(np.int64), start[3], start[4], self.lower, self.upper, leaves)
             return failed.window[leaves], column[leaves]
         if len(failed.window) < _SCAN_MIN_PAIRS:
@@ -591,7 +591,10 @@ class _Int8Bounds:
                    + (127 * rows << self.shift) + 2 * rows * int(low_max.max(initial=0)))
         self.int32_test = not wide and largest < 2**31
         self.low_max = low_max.astype(np.int32 if self.int32_test else np.int64)
-        self.low_t = np.ascontiguousarray(low_part.T, dtype=np.int32 if self.int32_test else np.int64)
+        # L transposed, in the narrowest type that holds it (|L| <= base / 2): the failed pairs'
+        # sums read a column's row of it each, at random, so its size decides their cache misses
+        low_type = np.int8 if self.base < 256 else np.int32 if self.int32_test else np.int64
+        self.low_t = np.ascontiguousarray(low_part.T, dtype=low_type)
 
     def bands(self, d: np.ndarray, s: np.ndarray, bands: int, n_window_cycles: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
