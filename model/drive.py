@@ -622,9 +622,11 @@ class _Int8Bounds:
                  ) -> _FailedPairs:
         """`CurrentBounds._band_test` on the drive (d, s) with its elementwise steps compiled
         (`kernels`): the left operands built, then A_g's one-digit products (class doc) and
-        T_g's tested and the failed pairs' scan starts taken (exact: the one-digit part of
-        C_g_hi+1 and the rest summed over the pair's rows) in two loops, instead of some 30
-        numpy passes over (bands, windows, cols) arrays."""
+        T_g's tested (`band_worst`), the failed pairs listed with their scan starts
+        (`band_failures`) and made exact (`low_sums`: the one-digit part of C_g_hi+1, then the
+        rest summed over the pair's rows), instead of some 30 numpy passes over (bands,
+        windows, cols) arrays. Three kernels, not one: LLVM compiles each loop slower in one
+        function with the others (measured; see each)."""
         edges = _band_edges_to_end(bands, n_window_cycles)
         windows, rows = d.shape
         left = np.empty((2 * bands, windows, rows), dtype=np.int8)
@@ -636,8 +638,8 @@ class _Int8Bounds:
         compiled.band_worst(a, part, sizes, np.int32(self.shift), self.mid, np.int32(self.base), self.low_max,
                             worst)
         window, column, *start = compiled.band_failures(worst, a, part, sizes, self.shift, self.mid,
-                                                        self.half, self.base, self.low_max, self.low_t, d, s,
-                                                        edges)
+                                                        self.half, self.base, self.low_max, edges)
+        compiled.low_sums(d, s, self.low_t, window, column, start[3], start[0])  # value: C_g_hi+1 exact
         return _FailedPairs(window, column, tuple(start))
 
 

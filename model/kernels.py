@@ -4,7 +4,7 @@ arrays, done an element or a pair at a time in one loop each.
 - the band test's elementwise steps (`drive._Int8Bounds.failures`): its int8 left operands from
   the durations (`band_operands`), and its verdicts from the int8 GEMM's products with one
   digit of W and a bound on the rest (`band_worst`), with the failed pairs' exact scan starts
-  (`band_failures`), instead of ~30 numpy passes over (bands, windows, cols) arrays;
+  (`band_failures`, `low_sums`), instead of ~30 numpy passes over (bands, windows, cols) arrays;
 - the exact scans and sums of the pairs left open (`scan_pairs`, `exact_pairs`): one column's
   terms s_i W[i, j] walked over the window's rows sorted by decreasing duration, whose prefix
   sums at the ends of runs of equal durations are the cycles' currents (docs/numerics.md
@@ -109,15 +109,15 @@ def _compiled():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows, _pair_scratch, _grown, _bracketed_row, _rate, _knee_pulses  # noqa: PLW0603
+    global _sorted_rows, _pair_scratch, _bracketed_row, _rate, _knee_pulses  # noqa: PLW0603
     jit = numba.njit(nogil=True, cache=True)  # resolves callees by name: the compiled ones, bound first
     _rate, _knee_pulses = jit(_rate), jit(_knee_pulses)
     _sorted_rows, _pair_scratch = jit(_sorted_rows), jit(_pair_scratch)
-    _grown, _bracketed_row = jit(_grown), jit(_bracketed_row)
+    _bracketed_row = jit(_bracketed_row)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
                               exact_windows=jit(_exact_windows), cycle_step=jit(_cycle_step),
                               band_operands=jit(_band_operands), band_worst=jit(_band_worst),
-                              band_failures=jit(_band_failures),
+                              band_failures=jit(_band_failures), low_sums=jit(_low_sums),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
     return kernels
 
@@ -475,37 +475,40 @@ def _band_operands(d, s, edges, left):
                 left[bands + g, b, i] = on - next_on
 
 
-def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, low_t, d, s, edges):
+def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, edges):
     """The band test's verdicts (`drive.CurrentBounds._band_test`) from one-digit products:
     worst (windows, cols) int32, each pair's largest band bound (`_band_worst`, from the same
-    arguments); a (bands windows, cols) int32, the products of A_g's operands x_g with H, W = base H + L
-    (`drive._Int8Bounds`); t (bands windows, >= cols) int32, T_g's bound before the shift
-    (t << shift); sizes (bands, windows), the row counts of the groups; low_max (cols,) max |L|
-    per column and low_t (cols, rows) L transposed; d, s the drive and edges the band edges
-    (e_bands = n). A_g = base a + x_g L lies within base a -+ low_max_j |x_g|_1, where
-    |x_g|_1 = (rows with d > e_g) + (rows with d > e_g+1): a pair passes band g if
-    |base a - M| + T_g + low_max_j |x_g|_1 <= H, a proof for every A_g in that interval.
+    arguments); a (bands windows, cols) int32, the products of A_g's operands x_g with H,
+    W = base H + L (`drive._Int8Bounds`); t (bands windows, >= cols) int32, T_g's bound before
+    the shift (t << shift); sizes (bands, windows), the row counts of the groups; low_max
+    (cols,) max |L| per column; edges the band edges (e_bands = n). A_g = base a + x_g L lies
+    within base a -+ low_max_j |x_g|_1, where |x_g|_1 = (rows with d > e_g) + (rows with
+    d > e_g+1): a pair passes band g if |base a - M| + T_g + low_max_j |x_g|_1 <= H, a proof
+    for every A_g in that interval.
+
     Returns the failed pairs (window, column) and their scan starts (value, first, last, top,
-    bottom), as `drive._scan_start`: value C_g_hi+1 exact, base times its one-digit part (C_bands = 0,
-    C_g = a_g - C_g+1, exact integers) plus sum over the rows with d > e_g_hi+1 of s_i L_ij.
-    The bound's arithmetic is int32 (8 lanes a vector instead of int64's 4, and no 64-bit
-    multiply; with `_band_worst` apart, 1.28 -> 0.53 us a window at 256 x 256, 6 bands,
-    measured): mid, half and low_max int32, for operands where every term and sum fits
-    (`drive._Int8Bounds.int32_test`)."""
+    bottom), as `drive._scan_start`, except that value is only base times the one-digit part
+    of C_g_hi+1 (C_bands = 0, C_g = a_g - C_g+1, exact integers): `_low_sums` adds the sum
+    over the rows with d > e_g_hi+1 of s_i L_ij. The outputs are sized by a first count of the
+    failed pairs. The bound's arithmetic is int32, as `_band_worst`'s: mid, half and low_max
+    int32, for operands where every term and sum fits (`drive._Int8Bounds.int32_test`)."""
     flat, cols = a.shape
     bands = len(edges) - 1
     windows = flat // bands
-    rows = d.shape[1]
     base32, shift32 = np.int32(base), np.int32(shift)
     above = np.zeros(bands + 1, np.int64)
+    failed = 0  # the outputs' size, counted first (no reallocation as they fill)
+    for b in range(windows):
+        for j in range(cols):
+            failed += worst[b, j] > half[j]
     found = 0
-    window_out = np.empty(64, np.int64)
-    column_out = np.empty(64, np.int64)
-    value_out = np.empty(64, np.int64)
-    first_out = np.empty(64, np.int64)
-    last_out = np.empty(64, np.int64)
-    top_out = np.empty(64, np.int64)
-    bottom_out = np.empty(64, np.int64)
+    window_out = np.empty(failed, np.int64)
+    column_out = np.empty(failed, np.int64)
+    value_out = np.empty(failed, np.int64)
+    first_out = np.empty(failed, np.int64)
+    last_out = np.empty(failed, np.int64)
+    top_out = np.empty(failed, np.int64)
+    bottom_out = np.empty(failed, np.int64)
     currents = np.empty(bands + 1, np.int64)
     for b in range(windows):
         for g in range(bands - 1, -1, -1):
@@ -527,22 +530,9 @@ def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, low_t, d
                     if g_hi < 0:
                         g_hi = g
                 currents[g] = value - currents[g + 1]
-            low = np.int32(0)
-            if g_hi + 1 < bands:  # C_bands = 0: no row conducts past the window
-                edge = edges[g_hi + 1]
-                for i in range(rows):
-                    low = np.int32(low + np.int32(np.int32(d[b, i] > edge) * np.int32(s[b, i] * low_t[j, i])))
-            if found == len(window_out):
-                window_out = _grown(window_out)
-                column_out = _grown(column_out)
-                value_out = _grown(value_out)
-                first_out = _grown(first_out)
-                last_out = _grown(last_out)
-                top_out = _grown(top_out)
-                bottom_out = _grown(bottom_out)
             window_out[found] = b
             column_out[found] = j
-            value_out[found] = base * currents[g_hi + 1] + low
+            value_out[found] = base * currents[g_hi + 1]  # `_low_sums` adds the rest
             first_out[found] = above[g_hi + 1]
             last_out[found] = above[g_lo]
             top_out[found] = edges[g_hi + 1]
@@ -550,6 +540,19 @@ def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, low_t, d
             found += 1
     return (window_out[:found], column_out[:found], value_out[:found], first_out[:found], last_out[:found],
             top_out[:found], bottom_out[:found])
+
+
+def _low_sums(d, s, low_t, window, column, top, value):
+    """value[p] += sum over the rows of window[p] with d > top[p] of s_i L_ij, j = column[p]
+    (`_band_failures`' scan starts: the part of C_g_hi+1 beyond its one digit; none where top
+    is the window's end). A kernel of its own: inside `_band_failures`, this loop ran ~3x
+    slower (0.2 vs 0.06 us a pair at 256 rows, measured)."""
+    for p in range(len(window)):
+        b, j, edge = window[p], column[p], top[p]
+        low = np.int32(0)
+        for i in range(d.shape[1]):  # int32: |L| <= base / 2, and the sum fits (`int32_test`)
+            low = np.int32(low + np.int32(np.int32(d[b, i] > edge) * np.int32(s[b, i] * low_t[j, i])))
+        value[p] += low
 
 
 def _band_worst(a, t, sizes, shift32, mid, base32, low_max, worst):
@@ -572,13 +575,6 @@ def _band_worst(a, t, sizes, shift32, mid, base32, low_max, worst):
                 y = np.int32(abs(np.int32(np.int32(base32 * a[row, j]) - mid[j])))
                 y = np.int32(np.int32(y + np.int32(t[row, j] << shift32)) + np.int32(low_max[j] * spread))
                 worst[b, j] = max(worst[b, j], y)
-
-
-def _grown(array):
-    """A copy of array with twice the length (the first len(array) values kept)."""
-    grown = np.empty(2 * len(array), array.dtype)
-    grown[:len(array)] = array
-    return grown
 
 
 def _bracketed_counts(per_op, per_lane, bin_shift, lowest, reach, advance, knee, k, kc, scale, counts, open_):
