@@ -284,13 +284,13 @@ def _window_chunks(windows: int, elements_per_window: int, elements: int = _CHUN
 
 
 def currents_may_leave(w: SelectedConductance, d: np.ndarray, s: np.ndarray, n_window_cycles: int,
-                       lower: np.ndarray, upper: np.ndarray, coarse: bool = False
-                       ) -> tuple[np.ndarray, np.ndarray]:
+                       lower: np.ndarray, upper: np.ndarray, coarse: bool = False,
+                       rate: tuple[np.ndarray, np.ndarray, int] | None = None) -> tuple[np.ndarray, ...]:
     """(window, column) index arrays of the pairs whose current I_c[j] may leave [lower_j,
     upper_j] (int64 (cols,)) in some cycle; every other pair is proven inside. Conservative:
     a pair listed in vain costs only time. See `CurrentBounds.may_leave` (`coarse`: in one of
-    two threads, `_SCAN_BLOCK`)."""
-    return w.bounds(lower, upper).may_leave(d, s, n_window_cycles, coarse)
+    two threads, `_SCAN_BLOCK`; `rate`: the listed pairs' exact sums too, where it can)."""
+    return w.bounds(lower, upper).may_leave(d, s, n_window_cycles, coarse, rate)
 
 
 class CurrentBounds:
@@ -329,9 +329,13 @@ class CurrentBounds:
             self._int8 = _Int8Bounds(self, int_gemm.module())
         return self._int8
 
-    def may_leave(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, coarse: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """(window, column) of the pairs of the drive (d, s) (B, rows) that may leave the limits.
+    def may_leave(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, coarse: bool = False,
+                  rate: tuple[np.ndarray, np.ndarray, int] | None = None) -> tuple[np.ndarray, ...]:
+        """(window, column) of the pairs of the drive (d, s) (B, rows) that may leave the limits;
+        with `rate` = (offset, gain, fmax) of the CCOs whose limits these are, (window, column,
+        totals): totals, where the compiled scan ran (else None), holds each listed pair's exact
+        sum of clip(offset + gain I_c, 0, fmax) over the window's cycles (int64,
+        `kernels.scan_pairs`), the sum `cco.CcoTransfer.exact_advance` would take.
 
         Cheapest test first: the columns whose limits contain [-reach_j, reach_j] are inside for
         every window (`cols`). The other columns: when all terms s_i W[i, j] share one sign
@@ -346,30 +350,36 @@ class CurrentBounds:
         """
         w = self.w
         check_exact(w, n_window_cycles)
+        untotalled = () if rate is None else (None,)
         if not len(self.cols) or not len(d):
-            return _NO_PAIRS
+            return *_NO_PAIRS, *untotalled
         sign = terms_sign(w, d, s)
         if sign:
             failed = ~self._sign_definite_test(d, s, sign)
             window, column = np.divmod(np.flatnonzero(failed), failed.shape[1]) if failed.any() else _NO_PAIRS
-            return window, self.cols[column]
+            return window, self.cols[column], *untotalled
         dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
         compiled = kernels.module()
         bands = self.bands  # the other thread of a large batch may change it meanwhile
         failed = self._band_test(d, s, n_window_cycles, dense, compiled, bands)
         self._adapt_bands(len(d), len(failed.window), bands)
         column = failed.column if self.all_cols else self.cols[failed.column]
-        if compiled is not None and len(failed.window):  # the scan compiled: for any number of pairs
-            start = failed.start or _full_scan(len(failed.window), w.rows, int(d.max(initial=0)))
-            leaves = np.empty(len(failed.window), dtype=np.bool_)
-            compiled.scan_pairs(w.scan_terms.reshape(w.cols, -1), d, s, failed.window, column,
-                                start[0].astype(np.int64), start[3], start[4], self.lower, self.upper, leaves)
-            return failed.window[leaves], column[leaves]
+        if compiled is not None:  # the scan compiled: for any number of pairs
+            pairs = len(failed.window)
+            start = failed.start or _full_scan(pairs, w.rows, int(d.max(initial=0)))
+            leaves = np.empty(pairs, dtype=np.bool_)
+            offset, gain, fmax = rate or (np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+            totals = np.empty(pairs if rate else 0, dtype=np.int64)
+            if pairs:
+                compiled.scan_pairs(w.scan_terms.reshape(w.cols, -1), d, s, failed.window, column,
+                                    start[0].astype(np.int64), start[3], start[4], self.lower, self.upper,
+                                    leaves, n_window_cycles, offset, gain, fmax, totals)
+            return failed.window[leaves], column[leaves], *(() if rate is None else (totals[leaves],))
         if len(failed.window) < _SCAN_MIN_PAIRS:
-            return failed.window, column
+            return failed.window, column, *untotalled
         inside = _prefix_scan(w, d, s, failed.window, column, self.lower, self.upper,
                               failed.start and failed.start[:3], _SCAN_BLOCK[coarse])
-        return failed.window[~inside], column[~inside]
+        return failed.window[~inside], column[~inside], *untotalled
 
     def _adapt_bands(self, windows: int, failed_pairs: int, bands: int) -> None:
         """One band more while over _MORE_BANDS_ABOVE of the pairs fail the band test, one

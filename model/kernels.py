@@ -109,11 +109,11 @@ def _compiled():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows, _pair_scratch, _bracketed_row, _rate, _knee_pulses  # noqa: PLW0603
+    global _sorted_rows, _pair_scratch, _bracketed_row, _rate, _knee_pulses, _range_total  # noqa: PLW0603
     jit = numba.njit(nogil=True, cache=True)  # resolves callees by name: the compiled ones, bound first
     _rate, _knee_pulses = jit(_rate), jit(_knee_pulses)
     _sorted_rows, _pair_scratch = jit(_sorted_rows), jit(_pair_scratch)
-    _bracketed_row = jit(_bracketed_row)
+    _bracketed_row, _range_total = jit(_bracketed_row), jit(_range_total)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
                               exact_windows=jit(_exact_windows), cycle_step=jit(_cycle_step),
                               band_operands=jit(_band_operands), band_worst=jit(_band_worst),
@@ -146,9 +146,11 @@ def _self_check(kernels) -> bool:
     offset, gain = rng.integers(0, 100, cols), rng.integers(1, 5, cols)
     n, fmax = rows + 2, 400
     out_scan, out_exact = np.empty(pairs, np.bool_), np.empty(pairs, np.int64)
+    out_totals = np.empty(pairs, np.int64)
     out_windows = np.empty((windows, cols), np.int64)
     try:
-        kernels.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out_scan)
+        kernels.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out_scan, n, offset,
+                           gain, fmax, out_totals)
         kernels.exact_pairs(terms, d, s, window, column, n, offset, gain, fmax, out_exact)
         kernels.exact_windows(w, d, s, n, offset, gain, fmax, out_windows)
     except Exception:  # noqa: BLE001 - a kernel that does not compile: numpy's path
@@ -158,6 +160,7 @@ def _self_check(kernels) -> bool:
     expect_scan = ((currents < lower) | (currents > upper)).any(axis=1).ravel()
     expect_exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()
     return bool(np.array_equal(out_scan, expect_scan) and np.array_equal(out_exact, expect_exact)
+                and np.array_equal(out_totals[out_scan], expect_exact[out_scan])
                 and np.array_equal(out_windows.ravel(), expect_exact))
 
 
@@ -298,7 +301,8 @@ def _pair_scratch(rows, with_durations):
     return np.empty(rows, np.int64), np.empty(rows + 1 if with_durations else 0, np.int64), starts
 
 
-def _scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out):
+def _scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out, n_window_cycles, offset,
+                gain, fmax, totals):
     """out[p]: whether pair p's current (window[p], column[p]) may leave [lower, upper] of its
     column in a cycle whose conducting rows are those with d > top[p] (whose sum is value[p],
     tested too) and a prefix, by decreasing duration, of the rows with bottom[p] < d <= top[p]
@@ -311,7 +315,12 @@ def _scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, o
     of (bottom, top]): those rows picked without a branch, then sorted by counting. A band
     test fails pairs mostly in its first bands, where few rows have durations in the range, so
     this sorts part of the rows (measured at 256 x 256 with the twin benchmark's workload: ~100
-    of 256 rows a window, and 1.10 -> 0.91 us a window against sorting every row)."""
+    of 256 rows a window, and 1.10 -> 0.91 us a window against sorting every row).
+
+    totals (int64, one per pair, or empty: not wanted): for each pair flagged, the window's
+    sum of clip(offset + gain I_c, 0, fmax) over its n_window_cycles cycles, `_exact_pairs`'
+    sum, from the pair's range alone (`_range_total`), where the pair's range holds every cycle
+    that can clip (a band test's failed bands): it spares the window's full sort and sums."""
     rows = d.shape[1]
     picked = np.empty(rows, np.int64)
     order = np.empty(rows, np.int64)
@@ -373,7 +382,38 @@ def _scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, o
                 highest = max(highest, current)
                 lowest = min(lowest, current)
             out[q] = lowest < lower[j] or highest > upper[j]
+            if out[q] and len(totals):
+                totals[q] = _range_total(terms, d, s, b, j, order, first, last, value[q], t_q, b_q,
+                                         n_window_cycles, offset[j], gain[j], fmax)
         p = end
+
+
+def _range_total(terms, d, s, b, j, order, first, last, value, top, bottom, n_window_cycles, offset, gain,
+                 fmax):
+    """Window b's sum of clip(offset + gain I_c, 0, fmax) over its cycles for column j, where no
+    cycle outside [bottom, top) can clip, and order[first:last] are the signed term indices of
+    the rows with bottom < d <= top by decreasing duration (`_scan_pairs`), from value, the
+    current of the rows with d > top. In the range, the exact rate of each run of cycles with
+    one current (0 cycles inside a run of equal durations); outside it, every rate is
+    offset + gain I_c, so those cycles sum to their count times offset plus gain times their
+    charge, sum_i s_i W_ij (max(d_i - top, 0) + min(d_i, bottom)). Integers throughout: each
+    part of the sum is a sum of rates in [0, fmax], below n fmax < 2**53."""
+    rows = d.shape[1]
+    total = 0
+    current = value
+    upto = top  # cycles [duration of the next row, upto) have the current so far
+    for k in range(first, last):
+        index = order[k]
+        duration = d[b, index if index < rows else index - rows]
+        total += _rate(offset, gain, current, fmax) * (upto - duration)
+        current += terms[j, index]
+        upto = duration
+    total += _rate(offset, gain, current, fmax) * (upto - bottom)
+    charge = 0  # of the cycles outside the range
+    for i in range(rows):
+        weight = max(d[b, i] - top, 0) + min(d[b, i], bottom)
+        charge += np.int64(weight) * terms[j, i + rows * (s[b, i] < 0)]
+    return total + (n_window_cycles - (top - bottom)) * offset + gain * charge
 
 
 def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fmax, out):

@@ -39,6 +39,10 @@ def _drive(rng, windows: int, rows: int, longest: int, ties: bool):
     return check_drive(d, s, rows, longest, batched=True)
 
 
+#: scan_pairs' totals not wanted (window length, offset, gain, fmax, an empty output)
+_NO_TOTALS = (0, np.zeros(0, np.int64), np.zeros(0, np.int64), 0, np.zeros(0, np.int64))
+
+
 def _range_sums(w_int, d, s, b, j, top, bottom):
     """The current of the rows with d > top, then the prefix sums as the rows with
     bottom < d <= top join by decreasing duration (window b, column j; distinct durations)."""
@@ -72,7 +76,7 @@ def test_scan_flags_exactly_the_pairs_whose_prefix_sums_leave_the_limits(compile
         expected[p] = (sums < lower[column[p]]).any() or (sums > upper[column[p]]).any()
     out = np.empty(pairs, np.bool_)
     terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
-    compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out)
+    compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out, *_NO_TOTALS)
     assert np.array_equal(out, expected)
     assert 0 < expected.sum() < pairs  # both outcomes were tested
 
@@ -94,7 +98,7 @@ def test_scan_of_long_durations_merge_sorts_the_rows_in_range(compiled):
         value[p], expected[p] = sums[0], (np.abs(sums) > 2000).any()
     out = np.empty(len(window), np.bool_)
     terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
-    compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, -limit, limit, out)
+    compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, -limit, limit, out, *_NO_TOTALS)
     assert np.array_equal(out, expected)
     assert 0 < expected.sum() < len(window)
 
@@ -118,9 +122,44 @@ def test_scan_with_ties_never_misses_a_cycle_outside(compiled):
     pairs = len(window)
     start = (np.zeros(pairs, np.int64), np.full(pairs, n, np.int64), np.zeros(pairs, np.int64))
     terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
-    compiled.scan_pairs(terms, d, s, window, column, *start, -limit, limit, out)
+    compiled.scan_pairs(terms, d, s, window, column, *start, -limit, limit, out, *_NO_TOTALS)
     truth = (np.abs(currents) > limit).any(axis=1).ravel()
     assert truth.any() and (out | ~truth).all()
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_scan_totals_are_the_exact_sums_where_only_the_range_can_clip(compiled, ties):
+    """A flagged pair's total from its range alone (the rows with bottom < d <= top, from the
+    current of the rows above it) equals the sum of the saturated rate over every cycle, when
+    the currents of the cycles outside [bottom, top) stay within the limits: ranges around the
+    cycles whose currents leave them, with ties and distinct durations, empty ranges too."""
+    rng = np.random.default_rng(11 + ties)
+    rows, cols, windows, n = 40, 9, 30, 50
+    w_int = rng.integers(-300, 301, (rows, cols))
+    d, s = _drive(rng, windows, rows, n, ties=ties)
+    currents = _cycle_currents(w_int, d, s, n)  # (windows, n, cols)
+    # CCOs whose current limits (`CcoTransfer.current_limits`) lie inside about 40 % of the pairs' ranges
+    limit = np.percentile(np.abs(currents).max(axis=1), 60, axis=0).astype(np.int64)
+    gain = rng.integers(1, 4, cols)
+    offset, fmax = gain * limit, int(2 * (gain * limit).max())
+    lower, upper = -(offset // gain), (fmax - offset) // gain
+    outside = (currents < lower) | (currents > upper)  # (windows, n, cols)
+    window, column = np.divmod(np.arange(windows * cols), cols)
+    # each pair's range: the cycles from its first to its last outside (none: an empty range)
+    out_any = outside[window, :, column]  # (pairs, n)
+    first_out = np.where(out_any.any(axis=1), np.argmax(out_any, axis=1), 0)
+    last_out = np.where(out_any.any(axis=1), n - 1 - np.argmax(out_any[:, ::-1], axis=1), -1)
+    bottom = np.maximum(first_out - rng.integers(0, 3, len(window)), 0)
+    top = np.minimum(np.maximum(last_out + 1 + rng.integers(0, 3, len(window)), bottom), n)
+    value = ((d[window] > top[:, None]) * s[window] * w_int[:, column].T).sum(axis=1)
+    out, totals = np.empty(len(window), np.bool_), np.full(len(window), -1, np.int64)
+    terms = SelectedConductance.of(w_int).terms.reshape(cols, -1)
+    compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out, n, offset, gain,
+                        fmax, totals)
+    exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()  # (windows * cols,)
+    assert out_any.any(axis=1).sum() > 20 and (out | ~out_any.any(axis=1)).all()
+    assert np.array_equal(totals[out], exact[out])
+    assert (totals[~out] == -1).all()  # only flagged pairs are summed
 
 
 @pytest.mark.parametrize("case", ["ties", "distinct", "long durations"])
