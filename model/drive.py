@@ -467,7 +467,8 @@ class CurrentBounds:
         rounding 2 u (a + 1): (3.02 R + 24) u (a + 1) in all. `_band_limits` shrinks H by
         (8 R + 32) u (a + 1) and rounds it down to float32: a pair that passes in float32 passes
         in exact arithmetic. On the int8 path (`_Int8Bounds`) A_g is exact and T_g an upper
-        bound, so the test compares with M and H themselves, and T_0 is a product too.
+        bound, so the test compares with M and H themselves, and T_0 is a product too (in the
+        compiled test, a dense drive's T_0 is the int8 digit's column sum less the other T_g).
 
         Scan start. Each band's bound is a proof on its own: a failed pair's currents are inside
         in every band it passed, and `_prefix_scan` need only cover the cycles of its failed
@@ -496,7 +497,7 @@ class CurrentBounds:
         parts = []
         for chunk in _window_chunks(len(d), bands * rows, _BAND_CHUNK_ELEMENTS):
             if exact is not None and compiled is not None and exact.int32_test:
-                failed = exact.failures(d[chunk], s[chunk], bands, n_window_cycles, compiled)
+                failed = exact.failures(d[chunk], s[chunk], bands, n_window_cycles, compiled, dense)
                 parts.append(_FailedPairs(failed.window + chunk.start, failed.column, failed.start))
                 continue
             if exact is None:
@@ -547,8 +548,10 @@ class _Int8Bounds:
     are exact products with W's digits, so they are compared with the limits themselves, no
     rounding margin. T_g is an upper bound: 2**q times the product of the group indicator with
     ceil(|W| / 2**q), one int8 digit (q the smallest shift that makes it fit; at most 2**q - 1
-    above |W| per row), for every group (a product costs less than the dense T_0's sum). Values
-    in int32 where every |A_g - M| + T_g fits (8 (reach + 1) < 2**31), else int64.
+    above |W| per row), for every group (a product costs less than the dense T_0's float sum);
+    the compiled test bounds a dense drive's T_0 by the column's sum of that digit less the
+    other groups' (`kernels.band_worst`, in int32: one product of 2 bands + 2 fewer). Values in
+    int32 where every |A_g - M| + T_g fits (8 (reach + 1) < 2**31), else int64.
 
     The compiled test (`failures`) takes A_g from one digit: W = base H + L with H = W / base
     rounded, base = ceil(max |W| / 127) (|H| <= 127, |L| <= base / 2; base 1 and L = 0 where
@@ -576,6 +579,7 @@ class _Int8Bounds:
         counted[:, ceiling.shape[1]] = 1
         self.t = int_gemm.Int8Matrix(torch, counted)
         reach = ceiling.sum(axis=0) << self.shift
+        self.t_reach = ceiling.sum(axis=0).astype(np.int32)  # a dense drive's T_0 bound (`failures`)
         # the limits clamped to [-reach - 1, reach + 1] (|I_c| <= reach): the same outcomes, and
         # limits beyond the range on the wrong side (high < -reach) still fail every pair
         exact_reach = w.reach[cols]
@@ -628,8 +632,8 @@ class _Int8Bounds:
         counts = part[:, cols].reshape(bands, windows)
         return a.reshape(bands, windows, cols), t.reshape(bands, windows, cols), counts
 
-    def failures(self, d: np.ndarray, s: np.ndarray, bands: int, n_window_cycles: int, compiled
-                 ) -> _FailedPairs:
+    def failures(self, d: np.ndarray, s: np.ndarray, bands: int, n_window_cycles: int, compiled,
+                 dense: bool = False) -> _FailedPairs:
         """`CurrentBounds._band_test` on the drive (d, s) with its elementwise steps compiled
         (`kernels`): the left operands built, then A_g's one-digit products (class doc) and
         T_g's tested (`band_worst`), the failed pairs listed with their scan starts
@@ -639,16 +643,18 @@ class _Int8Bounds:
         function with the others (measured; see each)."""
         edges = _band_edges_to_end(bands, n_window_cycles)
         windows, rows = d.shape
-        left = np.empty((2 * bands, windows, rows), dtype=np.int8)
+        first = 1 if dense else 0  # T_0 from the column sums (`kernels.band_worst`): one product fewer
+        left = np.empty((2 * bands - first, windows, rows), dtype=np.int8)
         compiled.band_operands(d, s, edges, left)
         a = self.a_high.product(left[:bands].reshape(bands * windows, rows), np.int32)  # one digit
-        part = self.t.product(left[bands:].reshape(bands * windows, rows), np.int32)  # one digit
-        sizes = part[:, len(self.mid)].reshape(bands, windows)
+        part = self.t.product(left[bands:].reshape((bands - first) * windows, rows), np.int32)  # one digit
+        sizes = part[:, len(self.mid)].reshape(bands - first, windows)
         worst = np.empty((windows, len(self.mid)), dtype=np.int32)
         compiled.band_worst(a, part, sizes, np.int32(self.shift), self.mid, np.int32(self.base), self.low_max,
-                            worst)
+                            self.t_reach, np.int32(rows), worst)
         window, column, *start = compiled.band_failures(worst, a, part, sizes, self.shift, self.mid,
-                                                        self.half, self.base, self.low_max, edges)
+                                                        self.half, self.base, self.low_max, self.t_reach,
+                                                        rows, edges)
         compiled.low_sums(d, s, self.low_t, window, column, start[3], start[0])  # value: C_g_hi+1 exact
         return _FailedPairs(window, column, tuple(start))
 

@@ -501,9 +501,12 @@ def _cycle_step(active, drive, w_int, currents, phase, emitted, offset, gain, fm
 
 def _band_operands(d, s, edges, left):
     """The int8 left operands of the band test (`drive._Int8Bounds.bands`) in one pass:
-    left[g] = s ([d > e_g] + [d > e_g+1]) (A_g) and left[bands + g] = [e_g < d <= e_g+1] (T_g),
-    (2 bands, windows, rows), with e_bands = n (no row conducts beyond the window)."""
+    left[g] = s ([d > e_g] + [d > e_g+1]) (A_g) and left[bands + g - first] =
+    [e_g < d <= e_g+1] (T_g) for the groups first .. bands - 1, (2 bands - first, windows,
+    rows), with e_bands = n (no row conducts beyond the window); first = 1 leaves T_0 to
+    `_band_worst` (a dense drive)."""
     bands = len(edges) - 1
+    first = 2 * bands - left.shape[0]
     windows, rows = d.shape
     for b in range(windows):
         for g in range(bands):
@@ -512,19 +515,23 @@ def _band_operands(d, s, edges, left):
                 v = d[b, i]
                 on, next_on = np.int8(v > low), np.int8(v > high)
                 left[g, b, i] = (on + next_on) * s[b, i]
-                left[bands + g, b, i] = on - next_on
+            if g >= first:
+                for i in range(rows):
+                    v = d[b, i]
+                    left[bands + g - first, b, i] = np.int8(v > low) - np.int8(v > high)
 
 
-def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, edges):
+def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, t_reach, rows, edges):
     """The band test's verdicts (`drive.CurrentBounds._band_test`) from one-digit products:
     worst (windows, cols) int32, each pair's largest band bound (`_band_worst`, from the same
     arguments); a (bands windows, cols) int32, the products of A_g's operands x_g with H,
-    W = base H + L (`drive._Int8Bounds`); t (bands windows, >= cols) int32, T_g's bound before
-    the shift (t << shift); sizes (bands, windows), the row counts of the groups; low_max
-    (cols,) max |L| per column; edges the band edges (e_bands = n). A_g = base a + x_g L lies
-    within base a -+ low_max_j |x_g|_1, where |x_g|_1 = (rows with d > e_g) + (rows with
-    d > e_g+1): a pair passes band g if |base a - M| + T_g + low_max_j |x_g|_1 <= H, a proof
-    for every A_g in that interval.
+    W = base H + L (`drive._Int8Bounds`); t ((bands - first) windows, >= cols) int32, T_g's
+    bound before the shift (t << shift) and sizes (bands - first, windows), the row counts of
+    the groups first .. bands - 1 (first = 1: a dense drive's T_0 from t_reach and rows, as
+    `_band_worst`); low_max (cols,) max |L| per column; edges the band edges (e_bands = n).
+    A_g = base a + x_g L lies within base a -+ low_max_j |x_g|_1, where |x_g|_1 = (rows with
+    d > e_g) + (rows with d > e_g+1): a pair passes band g if |base a - M| + T_g +
+    low_max_j |x_g|_1 <= H, a proof for every A_g in that interval.
 
     Returns the failed pairs (window, column) and their scan starts (value, first, last, top,
     bottom), as `drive._scan_start`, except that value is only base times the one-digit part
@@ -535,6 +542,7 @@ def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, edges):
     flat, cols = a.shape
     bands = len(edges) - 1
     windows = flat // bands
+    first = bands - sizes.shape[0]
     base32, shift32 = np.int32(base), np.int32(shift)
     above = np.zeros(bands + 1, np.int64)
     failed = 0  # the outputs' size, counted first (no reallocation as they fill)
@@ -551,20 +559,28 @@ def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, edges):
     bottom_out = np.empty(failed, np.int64)
     currents = np.empty(bands + 1, np.int64)
     for b in range(windows):
-        for g in range(bands - 1, -1, -1):
-            above[g] = above[g + 1] + sizes[g, b]
+        for g in range(bands - 1, first - 1, -1):
+            above[g] = above[g + 1] + sizes[g - first, b]
+        if first:
+            above[0] = rows  # a bound (`_band_worst`)
         for j in range(cols):
             if worst[b, j] <= half[j]:
                 continue
             # the failed bands g_lo .. g_hi and the one-digit part of C_g_hi+1
             g_lo, g_hi = bands, -1
             currents[bands] = 0
+            others = np.int32(0)
             for g in range(bands - 1, -1, -1):
                 row = g * windows + b
                 value = a[row, j]
                 spread = np.int32(above[g] + above[g + 1])
+                if g >= first:
+                    t_g = t[(g - first) * windows + b, j]
+                    others = np.int32(others + t_g)
+                else:
+                    t_g = np.int32(t_reach[j] - others)
                 y = np.int32(abs(np.int32(np.int32(base32 * value) - mid[j])))
-                y = np.int32(np.int32(y + np.int32(t[row, j] << shift32)) + np.int32(low_max[j] * spread))
+                y = np.int32(np.int32(y + np.int32(t_g << shift32)) + np.int32(low_max[j] * spread))
                 if y > half[j]:
                     g_lo = g
                     if g_hi < 0:
@@ -595,25 +611,40 @@ def _low_sums(d, s, low_t, window, column, top, value):
         value[p] += low
 
 
-def _band_worst(a, t, sizes, shift32, mid, base32, low_max, worst):
-    """worst[b, j] = max over the bands g of |base a - M| + (t << shift) + low_max_j |x_g|_1 for
-    window b and column j (`_band_failures`' bound), int32 throughout. A kernel of its own,
-    called from Python: compiled into one function with the failed pairs' steps (also when
-    called from there), this loop runs 2.3x slower (measured at 256 x 256, 6 bands: 1.25 vs
-    0.53 us a window)."""
+def _band_worst(a, t, sizes, shift32, mid, base32, low_max, t_reach, rows32, worst):
+    """worst[b, j] = max over the bands g of |base a - M| + (T_g << shift) + low_max_j |x_g|_1
+    for window b and column j (`_band_failures`' bound), int32 throughout; T_g = t's row of
+    group g, or, for a dense drive (t and sizes without group 0: first = 1), T_0 = t_reach_j
+    (the column's sum over all rows) - the other groups' T_g, and rows conducting at e_0 =
+    rows32: upper bounds, one T product fewer. A kernel of its own, called from Python:
+    compiled into one function with the failed pairs' steps (also when called from there),
+    this loop runs 2.3x slower (measured at 256 x 256, 6 bands: 1.25 vs 0.53 us a window)."""
     windows, cols = worst.shape
-    bands = sizes.shape[0]
+    bands = a.shape[0] // windows
+    first = bands - sizes.shape[0]
+    others = np.empty(cols, np.int32)  # sum of T_g over the groups g >= 1 (dense: T_0's bound)
     for b in range(windows):
         above, above_next = np.int32(0), np.int32(0)  # rows with d > e_g, e_g+1 (e_bands = n: none)
         for j in range(cols):
             worst[b, j] = 0
-        for g in range(bands - 1, -1, -1):
-            above_next, above = above, np.int32(above + sizes[g, b])
-            row = g * windows + b
+            others[j] = 0
+        for g in range(bands - 1, first - 1, -1):
+            above_next, above = above, np.int32(above + sizes[g - first, b])
+            row, t_row = g * windows + b, (g - first) * windows + b
             spread = np.int32(above + above_next)
             for j in range(cols):  # int32 throughout (each cast undoes numba's promotion to int64)
                 y = np.int32(abs(np.int32(np.int32(base32 * a[row, j]) - mid[j])))
-                y = np.int32(np.int32(y + np.int32(t[row, j] << shift32)) + np.int32(low_max[j] * spread))
+                y = np.int32(np.int32(y + np.int32(t[t_row, j] << shift32)) + np.int32(low_max[j] * spread))
+                worst[b, j] = max(worst[b, j], y)
+            if first:
+                for j in range(cols):
+                    others[j] = np.int32(others[j] + t[t_row, j])
+        if first:  # band 0 of a dense drive
+            spread = np.int32(rows32 + above)
+            for j in range(cols):
+                y = np.int32(abs(np.int32(np.int32(base32 * a[b, j]) - mid[j])))
+                t0 = np.int32(t_reach[j] - others[j])
+                y = np.int32(np.int32(y + np.int32(t0 << shift32)) + np.int32(low_max[j] * spread))
                 worst[b, j] = max(worst[b, j], y)
 
 

@@ -279,8 +279,13 @@ def test_compiled_band_test_is_a_proof(compiled, monkeypatch, w_max, bands, dens
     on = np.array([d > e for e in edges]).astype(np.int64)  # (bands + 1, windows, rows)
     x_g = (on[:-1] + on[1:]) * s
     high = np.floor_divide(w_int + exact.base // 2, exact.base)
-    group_abs = np.einsum("gbi,ij->gbj", on[:-1] - on[1:], -(-np.abs(w_int) >> exact.shift)) << exact.shift
-    spread = (on[:-1] + on[1:]).sum(axis=2)[..., None]
+    ceiling = -(-np.abs(w_int) >> exact.shift)
+    group_abs = np.einsum("gbi,ij->gbj", on[:-1] - on[1:], ceiling) << exact.shift
+    above = on.sum(axis=2)  # (bands + 1, windows)
+    if density == 1.0:  # a dense drive: T_0 bounded by the column's sum less the other groups'
+        group_abs[0] = (ceiling.sum(axis=0) << exact.shift) - group_abs[1:].sum(axis=0)
+        above[0] = rows
+    spread = (above[:-1] + above[1:])[..., None]
     y = np.abs(exact.base * (x_g @ high) - exact.mid) + group_abs + exact.low_max * spread
     window, column = compiled_path.window, compiled_path.column
     band_failed = y[:, window, column] > exact.half[column]  # (bands, pairs)
@@ -288,7 +293,6 @@ def test_compiled_band_test_is_a_proof(compiled, monkeypatch, w_max, bands, dens
     g_hi = bands - 1 - np.argmax(band_failed[::-1], axis=0)
     current_at_edge = np.array([currents[:, e, :] if e < n else np.zeros((windows, cols), np.int64)
                                 for e in edges])
-    above = on.sum(axis=2)  # (bands + 1, windows)
     value, first, last, top, bottom = compiled_path.start
     assert band_failed.any(axis=0).all()
     assert np.array_equal(value, current_at_edge[g_hi + 1, window, column])
