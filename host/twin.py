@@ -106,7 +106,7 @@ def ldpu(raw: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: 
     if raw.ndim == 2 and raw.dtype == np.int64 and kernels.module() is not None:
         out = np.empty(raw.shape, dtype=np.int8)
         _compiled_ldpu()(raw, np.asarray(gain, dtype=np.int64), np.asarray(rounded, dtype=np.int64), shift,
-                         low, OUTPUT_MAX, out)
+                         low, OUTPUT_MAX, -1, out)
         return out
     acc = np.multiply(raw, gain, dtype=np.int64, out=raw if overwrite else None)
     acc += rounded
@@ -116,11 +116,41 @@ def ldpu(raw: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: 
     return np.clip(acc, low, OUTPUT_MAX, out=np.empty(acc.shape, np.int8), casting="unsafe")
 
 
-def _ldpu_loop(raw, gain, rounded, shift, low, high, out):
-    """`ldpu` of a batch, an element at a time (compiled by `_compiled_ldpu`)."""
+def ldpu_of_counts(counts: np.ndarray, gain: np.ndarray, bias: np.ndarray, shift: int, relu: bool
+                   ) -> tuple[np.ndarray, int] | None:
+    """docs/numerics.md sections 3-5 for a batch of 1-phase window counts (int64 [N, cols], as
+    the analog model returns them): each count clamped to the counter, the column-windows
+    whose count exceeded COUNTER_MAX counted, and the LDPU (`bias` with the ADC offset folded
+    in, as `TwinTile.mvm` gives it): (codes, saturated), in the compiled LDPU's one pass (the
+    clamp and the count are the two passes over the counts it spares); None where the loop is
+    not compiled (then `_counts` and `ldpu` do it)."""
+    if counts.ndim != 2 or counts.dtype != np.int64 or kernels.module() is None:
+        return None
+    rounded = bias + (1 << (shift - 1)) if shift else bias
+    out = np.empty(counts.shape, dtype=np.int8)
+    gain, rounded = np.asarray(gain, dtype=np.int64), np.asarray(rounded, dtype=np.int64)
+    low = 0 if relu else OUTPUT_MIN
+    saturated = _compiled_ldpu()(counts, gain, rounded, shift, low, OUTPUT_MAX, COUNTER_MAX, out)
+    return out, int(saturated)
+
+
+def _ldpu_loop(raw, gain, rounded, shift, low, high, counter_max, out):
+    """`ldpu` of a batch, an element at a time (compiled by `_compiled_ldpu`); with
+    counter_max >= 0, each raw value first clamped to [0, counter_max] (`ldpu_of_counts`).
+    Returns how many raw values exceeded counter_max (0 without the clamp)."""
+    saturated = 0
+    if counter_max < 0:
+        for b in range(raw.shape[0]):
+            for j in range(raw.shape[1]):
+                out[b, j] = min(max((raw[b, j] * gain[j] + rounded[j]) >> shift, low), high)
+        return saturated
     for b in range(raw.shape[0]):
         for j in range(raw.shape[1]):
-            out[b, j] = min(max((raw[b, j] * gain[j] + rounded[j]) >> shift, low), high)
+            count = raw[b, j]
+            saturated += count > counter_max
+            count = min(max(count, 0), counter_max)
+            out[b, j] = min(max((count * gain[j] + rounded[j]) >> shift, low), high)
+    return saturated
 
 
 @cache
@@ -266,16 +296,26 @@ class TwinTile:
 
     def _counts(self, durations, negative, select) -> np.ndarray:
         """Run windows, clamp to the counter, account saturation (numerics 3)."""
-        counts = np.asarray(self.analog.windows(durations, negative, select, self.window), dtype=np.int64)
+        return self._clamped(self._raw_counts(durations, negative, select))
+
+    def _raw_counts(self, durations, negative, select) -> np.ndarray:
+        """The windows' counts as the analog side gives them (int64), not clamped yet."""
+        return np.asarray(self.analog.windows(durations, negative, select, self.window), dtype=np.int64)
+
+    def _clamped(self, counts: np.ndarray) -> np.ndarray:
+        """Counts clamped to the counter, in place, their saturation accounted (numerics 3)."""
         high = counts.max(initial=0)
-        saturated = int(np.count_nonzero(counts > COUNTER_MAX)) if high > COUNTER_MAX else 0
-        if saturated:
-            r = self.regs
-            r["STATUS", "saturated"] = 1
-            r["SATURATION_COUNT", "count"] = (r["SATURATION_COUNT", "count"] + saturated) & 0xFFFFFFFF
+        self._saturated(int(np.count_nonzero(counts > COUNTER_MAX)) if high > COUNTER_MAX else 0)
         if high > COUNTER_MAX or counts.min(initial=0) < 0:  # the usual batch needs no clamping pass
             np.clip(counts, 0, COUNTER_MAX, out=counts)
         return counts
+
+    def _saturated(self, column_windows: int) -> None:
+        """Account saturated column-windows (numerics 3)."""
+        if column_windows:
+            r = self.regs
+            r["STATUS", "saturated"] = 1
+            r["SATURATION_COUNT", "count"] = (r["SATURATION_COUNT", "count"] + column_windows) & 0xFFFFFFFF
 
     def _verify(self, row: int) -> None:
         durations = np.zeros((2, self.geometry.rows), dtype=np.int64)
@@ -299,12 +339,19 @@ class TwinTile:
         # copy of the batch, with its page faults, is what this path would spend its time on)
         mag = np.abs(x, dtype=np.int16)
         bias = self.bias
+        r = self.regs
+        relu = Activation(r["CONFIG", "activation"]) is Activation.RELU
         if ReadMode(self.regs["CONFIG", "read_mode"]) is ReadMode.ONE_PHASE:
             select = np.full(n, DeviceSelect.DIFFERENTIAL.value)
-            raw = self._counts(mag, x < 0, select)
             # raw = counts - offset enters the LDPU as (counts - offset) gain + bias; taken as
             # counts gain + (bias - offset gain), exact in int64, it costs no pass over the batch
             bias = bias - self.adc_offset * self.gain
+            counts = self._raw_counts(mag, x < 0, select)
+            done = ldpu_of_counts(counts, self.gain, bias, r["LDPU_SHIFT", "shift"], relu)
+            if done is not None:  # the clamp and the saturation count in the LDPU's one pass
+                self._saturated(done[1])
+                return done[0]
+            raw = self._clamped(counts)
         else:
             # windows of vector v are operations 4v .. 4v+3, in FOUR_PHASE_WINDOWS order
             durations = np.stack([np.where(np.sign(x) == sign, mag, 0)
@@ -313,9 +360,7 @@ class TwinTile:
             counts = self._counts(durations, np.zeros_like(durations, dtype=bool), select)
             signs = np.array([s for _, _, s in FOUR_PHASE_WINDOWS])
             raw = (counts.reshape(n, 4, -1) * signs[None, :, None]).sum(axis=1)
-        r = self.regs
-        return ldpu(raw, self.gain, bias, r["LDPU_SHIFT", "shift"],
-                    Activation(r["CONFIG", "activation"]) is Activation.RELU, overwrite=True)
+        return ldpu(raw, self.gain, bias, r["LDPU_SHIFT", "shift"], relu, overwrite=True)
 
     def _drain_activations(self) -> None:
         run = self.running

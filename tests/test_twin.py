@@ -9,7 +9,7 @@ from fake_analog import FakeAnalogTile
 from pcmhil.errors import ConfigError, SimulationError
 from pcmhil.host import packets as pk
 from pcmhil.host.chip import Chip, ChipError
-from pcmhil.host.twin import TwinTransport, ldpu
+from pcmhil.host.twin import TwinTransport, ldpu, ldpu_of_counts
 from pcmhil.interface import (
     CHIP_ID_VALUE,
     COUNTER_MAX,
@@ -123,6 +123,32 @@ def test_compiled_ldpu_of_a_batch_equals_numpy(monkeypatch, relu):
         assert compiled.dtype == np.int8 and np.array_equal(compiled, expected), shift
         between += int(((expected > -128) & (expected < 127) & (expected != 0)).sum())
     assert between > 1000  # codes between the rails were compared, not only saturated ones
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_compiled_ldpu_of_counts_clamps_and_counts_like_numpy(monkeypatch, relu):
+    """The 1-phase MVM's one pass (`ldpu_of_counts`): counts past the 12-bit counter and below
+    0 clamped, the column-windows past it counted, then the LDPU, as the twin's numpy steps
+    (`_clamped`, `ldpu`) do them; and the twin takes it for a batch when compiled, with the
+    same saturation count."""
+    from pcmhil.model import kernels
+
+    assert kernels.warm_up(), "numba is a dependency (pyproject.toml): the compiled kernels must load"
+    rng = np.random.default_rng(7 + relu)
+    counts = rng.integers(-50, 6000, (64, 40))
+    gain, bias = rng.integers(-300, 301, 40), rng.integers(-10**6, 10**6, 40)
+    for shift in (0, 1, 7, 12):
+        codes, saturated = ldpu_of_counts(counts.copy(), gain, bias, shift, relu)
+        expected = ldpu(np.clip(counts, 0, COUNTER_MAX), gain, bias, shift, relu)
+        assert saturated == int((counts > COUNTER_MAX).sum()) > 0
+        assert codes.dtype == np.int8 and np.array_equal(codes, expected), shift
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels, "module", lambda: None)
+        assert ldpu_of_counts(counts, gain, bias, 0, relu) is None  # numpy's steps then
+    chip, (analog,) = make(rows=8, cols=12)
+    analog.offset_per_cycle = 40  # 40 * 128 cycles > COUNTER_MAX in every column
+    chip.mvm(0, np.zeros((3, 8), dtype=np.int8))
+    assert chip.counters(0)["saturation_count"] == 3 * 12
 
 
 def test_saturation_is_counted_per_column_window():
