@@ -511,14 +511,16 @@ def _band_operands(d, s, edges, left):
     for b in range(windows):
         for g in range(bands):
             low, high = edges[g], edges[g + 1]
+            if g < first:  # A_g alone
+                for i in range(rows):
+                    v = d[b, i]
+                    left[g, b, i] = (np.int8(v > low) + np.int8(v > high)) * s[b, i]
+                continue
             for i in range(rows):
                 v = d[b, i]
                 on, next_on = np.int8(v > low), np.int8(v > high)
                 left[g, b, i] = (on + next_on) * s[b, i]
-            if g >= first:
-                for i in range(rows):
-                    v = d[b, i]
-                    left[bands + g - first, b, i] = np.int8(v > low) - np.int8(v > high)
+                left[bands + g - first, b, i] = on - next_on
 
 
 def _band_failures(worst, a, t, sizes, shift, mid, half, base, low_max, t_reach, rows, edges):
