@@ -610,20 +610,21 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
             return counts
         out[...] = counts
         return out
-    charged = compiled is not None and t.output_noise_pulses > 0 and len(d) >= _BRACKET_MIN_WINDOWS
-    # the compiled scan sums the listed pairs exactly on the way (`CurrentBounds.may_leave`)
-    window, column, *totals = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse,
-                                                 rate=(t.offset, t.gain, t.fmax) if charged else None)
-    if charged:
+    charge = None
+    if compiled is not None and t.output_noise_pulses > 0 and len(d) >= _BRACKET_MIN_WINDOWS:
         charge = charge_digits(w, d, s)  # the int8 products; None where the charge takes numpy's path
-        if charge is not None:
-            pairs = np.argsort(window * w.cols + column)  # ascending flat indices (they almost are)
-            window, column = window[pairs], column[pairs]
-            if totals[0] is not None:
-                advance = totals[0][pairs].astype(np.float64)  # exact integers below 2**53
-            else:
-                advance = _pair_advances(t, w, d, s, n, window, column, *charge)
-            return t.counts_of_charge(rng, ops, *charge, n, window * w.cols + column, advance, compiled, out)
+    # on the charge's path, the compiled scan sums the listed pairs exactly on the way
+    # (`CurrentBounds.may_leave`)
+    window, column, *totals = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse,
+                                                 rate=None if charge is None else (t.offset, t.gain, t.fmax))
+    if charge is not None:
+        pairs = np.argsort(window * w.cols + column)  # ascending flat indices (they almost are)
+        window, column = window[pairs], column[pairs]
+        if totals[0] is not None:
+            advance = totals[0][pairs].astype(np.float64)  # exact integers below 2**53
+        else:
+            advance = _pair_advances(t, w, d, s, n, window, column, *charge)
+        return t.counts_of_charge(rng, ops, *charge, n, window * w.cols + column, advance, compiled, out)
     # float64, exact where nothing clips: 0 <= n offset + gain Q <= n fmax < 2**53 (module doc)
     advance = integrated_charge(w, d, s, dtype=np.float64)
     advance *= t.gain

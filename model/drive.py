@@ -550,8 +550,9 @@ class _Int8Bounds:
     ceil(|W| / 2**q), one int8 digit (q the smallest shift that makes it fit; at most 2**q - 1
     above |W| per row), for every group (a product costs less than the dense T_0's float sum);
     the compiled test bounds a dense drive's T_0 by the column's sum of that digit less the
-    other groups' (`kernels.band_worst`, in int32: one product of 2 bands + 2 fewer). Values in
-    int32 where every |A_g - M| + T_g fits (8 (reach + 1) < 2**31), else int64.
+    other groups' (`kernels.band_worst`, in int32), so its T product has bands - 1 blocks of
+    rows instead of bands. Values in int32 where every |A_g - M| + T_g fits
+    (8 (reach + 1) < 2**31), else int64.
 
     The compiled test (`failures`) takes A_g from one digit: W = base H + L with H = W / base
     rounded, base = ceil(max |W| / 127) (|H| <= 127, |L| <= base / 2; base 1 and L = 0 where
@@ -560,7 +561,8 @@ class _Int8Bounds:
     still a proof, for one product instead of one per digit of W (two at HERMES's conductance
     resolution). Measured at 256 x 256 with the twin benchmark's uniform weights and inputs: 6
     bands fail 1.36 % of the pairs (exact A_g: 0.97 %; 5 exact bands 1.68 %), ~14.4 products
-    per 1,000 windows with the charge's instead of ~17.3."""
+    per 1,000 windows with the charge's instead of ~17.3; with the dense T_0 (these inputs are
+    dense), 1.43 % for ~13.4 products."""
 
     def __init__(self, bounds: CurrentBounds, torch):
         w, cols = bounds.w, bounds.cols
@@ -637,10 +639,10 @@ class _Int8Bounds:
         """`CurrentBounds._band_test` on the drive (d, s) with its elementwise steps compiled
         (`kernels`): the left operands built, then A_g's one-digit products (class doc) and
         T_g's tested (`band_worst`), the failed pairs listed with their scan starts
-        (`band_failures`) and made exact (`low_sums`: the one-digit part of C_g_hi+1, then the
-        rest summed over the pair's rows), instead of some 30 numpy passes over (bands,
-        windows, cols) arrays. Three kernels, not one: LLVM compiles each loop slower in one
-        function with the others (measured; see each)."""
+        (`band_failures`: C_g_hi+1's one-digit part) and made exact (`low_sums`: the rest,
+        summed over the pair's rows), instead of some 30 numpy passes over (bands, windows,
+        cols) arrays. Separate kernels, not one: LLVM compiles each loop slower in one function
+        with the others (measured; see each)."""
         edges = _band_edges_to_end(bands, n_window_cycles)
         windows, rows = d.shape
         first = 1 if dense else 0  # T_0 from the column sums (`kernels.band_worst`): one product fewer
@@ -804,7 +806,7 @@ def _prefix_scan(w: SelectedConductance, d: np.ndarray, s: np.ndarray, window: n
     windows, pair_window = np.unique(window, return_inverse=True)
     signed, _ = rows_by_duration(d[windows], s[windows], durations=False)
     positions = signed.shape[1]
-    start = _full_scan(len(window), w.rows, 0)[:3] if start is None else start
+    start = _full_scan(len(window), w.rows, int(d.max(initial=0)))[:3] if start is None else start
     value = start[0].astype(w.scan_terms.dtype)  # exact integers (`exact32`)
     first = np.minimum(start[1], positions)
     length = np.minimum(start[2], positions) - first

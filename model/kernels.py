@@ -129,7 +129,8 @@ def _self_check(kernels) -> bool:
     """The kernels against the contract computed cycle by cycle (every current I_c as a
     matrix product) on small random drives of both polarities. Their durations are distinct
     (one may be 0), so every prefix sum the scan tests is the current of a cycle: it must flag
-    exactly the pairs whose currents leave the limits."""
+    exactly the pairs whose currents leave the CCOs' limits, and sum each of them exactly from
+    the range of cycles where they leave (the rest of its cycles outside that range)."""
     from .drive import signed_terms  # it imports this module
 
     rng = np.random.default_rng(12345)
@@ -141,10 +142,19 @@ def _self_check(kernels) -> bool:
     window = np.repeat(np.arange(windows), cols)
     column = np.tile(np.arange(cols), windows)
     pairs = len(window)
-    value, top, bottom = np.zeros(pairs, np.int64), np.full(pairs, rows, np.int64), np.zeros(pairs, np.int64)
-    lower, upper = np.full(cols, -60, np.int64), np.full(cols, 70, np.int64)
-    offset, gain = rng.integers(0, 100, cols), rng.integers(1, 5, cols)
-    n, fmax = rows + 2, 400
+    gain = rng.integers(1, 5, cols)
+    offset, fmax = 60 * gain, int(130 * gain.max())
+    lower, upper = -(offset // gain), (fmax - offset) // gain  # `CcoTransfer.current_limits`
+    n = rows + 2
+    cycles = np.arange(n)
+    currents = np.einsum("bci,ij->bcj", (d[:, None, :] > cycles[:, None]) * s[:, None, :], w)  # (B, n, C)
+    leaving = ((currents < lower) | (currents > upper))[window, :, column]  # (pairs, n)
+    expect_scan = leaving.any(axis=1)
+    expect_exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()
+    # each pair's range: its cycles from the first to the last outside the limits (none: all)
+    bottom = np.where(expect_scan, np.argmax(leaving, axis=1), 0)
+    top = np.where(expect_scan, n - np.argmax(leaving[:, ::-1], axis=1), rows)
+    value = np.append(currents, np.zeros((windows, 1, cols), currents.dtype), axis=1)[window, top, column]
     out_scan, out_exact = np.empty(pairs, np.bool_), np.empty(pairs, np.int64)
     out_totals = np.empty(pairs, np.int64)
     out_windows = np.empty((windows, cols), np.int64)
@@ -155,11 +165,8 @@ def _self_check(kernels) -> bool:
         kernels.exact_windows(w, d, s, n, offset, gain, fmax, out_windows)
     except Exception:  # noqa: BLE001 - a kernel that does not compile: numpy's path
         return False
-    cycles = np.arange(n)
-    currents = np.einsum("bci,ij->bcj", (d[:, None, :] > cycles[:, None]) * s[:, None, :], w)  # (B, n, C)
-    expect_scan = ((currents < lower) | (currents > upper)).any(axis=1).ravel()
-    expect_exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()
-    return bool(np.array_equal(out_scan, expect_scan) and np.array_equal(out_exact, expect_exact)
+    return bool(expect_scan.any() and np.array_equal(out_scan, expect_scan)
+                and np.array_equal(out_exact, expect_exact)
                 and np.array_equal(out_totals[out_scan], expect_exact[out_scan])
                 and np.array_equal(out_windows.ravel(), expect_exact))
 
@@ -251,13 +258,11 @@ def _knee_pulses(u, knee, k, kc, scale):
 
 def _sorted_rows(d, s, b, order, durations, starts):
     """Window b's conducting rows by decreasing duration into order[:count] (signed term index:
-    row, or rows + row for negative polarity) and, unless durations is empty (a scan needs only
-    the order: ~25 % faster), their durations into durations[:count], with durations[count] =
-    0; returns count. Order within a run of equal durations is arbitrary. Durations up to
+    row, or rows + row for negative polarity) and their durations into durations[:count], with
+    durations[count] = 0; returns count. Order within a run of equal durations is arbitrary. Durations up to
     _COUNTING_SORT_MAX by counting (starts: scratch of that size + 2; the rows of duration 0 go
     last, in the same branch-free pass), longer ones by a merge sort."""
     rows = d.shape[1]
-    keep = len(durations) > 0
     longest = 0
     for i in range(rows):
         longest = max(longest, d[b, i])
@@ -277,8 +282,7 @@ def _sorted_rows(d, s, b, order, durations, starts):
             v = d[b, i]
             at = starts[v]
             order[at] = i + rows * (s[b, i] < 0)
-            if keep:
-                durations[at] = v
+            durations[at] = v
             starts[v] = at + 1
     else:
         by_duration = np.argsort(-d[b].astype(np.int64), kind="mergesort")
@@ -286,19 +290,17 @@ def _sorted_rows(d, s, b, order, durations, starts):
         for p in range(rows):
             i = by_duration[p]
             order[p] = i + rows * (s[b, i] < 0)
-            if keep:
-                durations[p] = d[b, i]
+            durations[p] = d[b, i]
             count += d[b, i] > 0
-    if keep:
-        durations[count] = 0
+    durations[count] = 0
     return count
 
 
-def _pair_scratch(rows, with_durations):
+def _pair_scratch(rows):
     """The scratch of a loop over windows or pairs (`_sorted_rows`): order, durations (rows + 1
-    of them, or none), the counting sort's starts."""
+    of them), the counting sort's starts."""
     starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
-    return np.empty(rows, np.int64), np.empty(rows + 1 if with_durations else 0, np.int64), starts
+    return np.empty(rows, np.int64), np.empty(rows + 1, np.int64), starts
 
 
 def _scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out, n_window_cycles, offset,
@@ -396,8 +398,9 @@ def _range_total(terms, d, s, b, j, order, first, last, value, top, bottom, n_wi
     current of the rows with d > top. In the range, the exact rate of each run of cycles with
     one current (0 cycles inside a run of equal durations); outside it, every rate is
     offset + gain I_c, so those cycles sum to their count times offset plus gain times their
-    charge, sum_i s_i W_ij (max(d_i - top, 0) + min(d_i, bottom)). Integers throughout: each
-    part of the sum is a sum of rates in [0, fmax], below n fmax < 2**53."""
+    charge, sum_i s_i W_ij (max(d_i - top, 0) + min(d_i, bottom)). Integers throughout: the
+    range's part is a sum of rates in [0, fmax], and so is the rest taken together (gain times
+    the charge alone may be negative), each below n fmax < 2**53."""
     rows = d.shape[1]
     total = 0
     current = value
@@ -420,7 +423,7 @@ def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fma
     """out[p] = sum over the window's cycles of clip(offset + gain I_c, 0, fmax) for pair p
     (window[p], column[p]; grouped by window): `CcoTransfer.exact_advance`'s sum. Each window
     is sorted once, at its first pair."""
-    order, durations, starts = _pair_scratch(d.shape[1], True)
+    order, durations, starts = _pair_scratch(d.shape[1])
     sorted_window, count = -1, 0
     for p in range(len(window)):
         if window[p] != sorted_window:
@@ -442,7 +445,7 @@ def _exact_windows(w_int, d, s, n_window_cycles, offset, gain, fmax, out):
     columns (the loops over columns vectorise), for the few windows of a call where the band
     test and the int8 GEMM cost more than summing everything (`cco.window_counts`)."""
     rows, cols = w_int.shape
-    order, durations, starts = _pair_scratch(rows, True)
+    order, durations, starts = _pair_scratch(rows)
     current = np.empty(cols, np.int64)
     for b in range(d.shape[0]):
         count = _sorted_rows(d, s, b, order, durations, starts)

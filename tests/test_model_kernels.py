@@ -127,14 +127,18 @@ def test_scan_with_ties_never_misses_a_cycle_outside(compiled):
     assert truth.any() and (out | ~truth).all()
 
 
-@pytest.mark.parametrize("ties", [True, False])
-def test_scan_totals_are_the_exact_sums_where_only_the_range_can_clip(compiled, ties):
+@pytest.mark.parametrize("case", ["ties", "distinct", "long durations"])
+def test_scan_totals_are_the_exact_sums_where_only_the_range_can_clip(compiled, case):
     """A flagged pair's total from its range alone (the rows with bottom < d <= top, from the
     current of the rows above it) equals the sum of the saturated rate over every cycle, when
     the currents of the cycles outside [bottom, top) stay within the limits: ranges around the
-    cycles whose currents leave them, with ties and distinct durations, empty ranges too."""
-    rng = np.random.default_rng(11 + ties)
+    cycles whose currents leave them, with ties and distinct durations, empty ranges too;
+    'long durations' sorts by merge sort (ranges over _COUNTING_SORT_MAX)."""
+    rng = np.random.default_rng(len(case))
+    ties = case == "ties"
     rows, cols, windows, n = 40, 9, 30, 50
+    if case == "long durations":
+        windows, n = 6, 3 * kernels._COUNTING_SORT_MAX + 5
     w_int = rng.integers(-300, 301, (rows, cols))
     d, s = _drive(rng, windows, rows, n, ties=ties)
     currents = _cycle_currents(w_int, d, s, n)  # (windows, n, cols)
@@ -157,7 +161,9 @@ def test_scan_totals_are_the_exact_sums_where_only_the_range_can_clip(compiled, 
     compiled.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out, n, offset, gain,
                         fmax, totals)
     exact = np.clip(offset + gain * currents, 0, fmax).sum(axis=1).ravel()  # (windows * cols,)
-    assert out_any.any(axis=1).sum() > 20 and (out | ~out_any.any(axis=1)).all()
+    assert out_any.any(axis=1).sum() > 10 and (out | ~out_any.any(axis=1)).all()
+    if case == "long durations":
+        assert (top - bottom)[out].max() > kernels._COUNTING_SORT_MAX
     assert np.array_equal(totals[out], exact[out])
     assert (totals[~out] == -1).all()  # only flagged pairs are summed
 
@@ -301,24 +307,31 @@ def test_compiled_band_test_is_a_proof(compiled, monkeypatch, w_max, bands, dens
     assert np.array_equal(top, edges[g_hi + 1]) and np.array_equal(bottom, edges[g_lo])
 
 
-
-def test_band_test_beyond_int32_takes_numpys_int8_path(compiled, monkeypatch):
-    """Where the compiled bound would not fit int32 (W of three base-256 digits on 256 rows),
-    the compiled path takes numpy's exact int8 band test: the same failed pairs and scan starts."""
+@pytest.mark.parametrize("case", ["wide", "large base"])
+def test_band_test_beyond_int32_takes_numpys_int8_path(compiled, monkeypatch, case):
+    """Where the compiled bound would not fit int32, the compiled path takes numpy's exact int8
+    band test: the same failed pairs and scan starts. "wide": W of three base-256 digits on 256
+    rows (the products themselves need int64); "large base": a few huge conductances in
+    columns of small ones (int32 products, but base max|W| / 127 times A_g does not fit)."""
     if not int_gemm.warm_up():
         pytest.skip("no int8 GEMM path here: torch (the `torch` extra) is not installed, or its kernel "
                     "is not exact on this CPU (model/int_gemm.py)")
     monkeypatch.setattr(int_gemm, "MIN_ROWS", 1)
     rng = np.random.default_rng(7)
     rows, cols, windows, n = 256, 40, 120, 128
-    w_int = rng.integers(-2**22, 2**22 + 1, (rows, cols))
+    if case == "wide":
+        w_int = rng.integers(-2**22, 2**22 + 1, (rows, cols))
+    else:
+        w_int = rng.integers(-200, 201, (rows, cols))
+        w_int[rng.integers(0, rows, cols), np.arange(cols)] = rng.choice([-2**23, 2**23], cols)
     w = SelectedConductance.of(w_int)
     x = rng.integers(-128, 128, (windows, rows))
     d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
     half = (w.reach // 4).astype(np.int64)
     bounds = w.bounds(-half, half)
     bounds.bands = 4
-    assert not bounds.int8(windows).int32_test
+    exact = bounds.int8(windows)
+    assert not exact.int32_test and (exact.dtype == np.int64) == (case == "wide")
     numpy_path = bounds._band_test(d, s, n, True)
     compiled_path = bounds._band_test(d, s, n, True, compiled)
     assert len(numpy_path.window) > 0
@@ -326,6 +339,7 @@ def test_band_test_beyond_int32_takes_numpys_int8_path(compiled, monkeypatch):
     assert np.array_equal(compiled_path.column, numpy_path.column)
     for got, expected in zip(compiled_path.start, numpy_path.start, strict=True):
         assert np.array_equal(got, expected)
+
 
 _CCOS = {"hermes": PRESETS["hermes-2dev"].cco, "ideal": PRESETS["ideal"].cco,
          "linear, noisy": CcoPreset(nonlinearity_beta=0.0, output_noise_pulses=0.3)}

@@ -128,27 +128,35 @@ def test_compiled_ldpu_of_a_batch_equals_numpy(monkeypatch, relu):
 @pytest.mark.parametrize("relu", [False, True])
 def test_compiled_ldpu_of_counts_clamps_and_counts_like_numpy(monkeypatch, relu):
     """The 1-phase MVM's one pass (`ldpu_of_counts`): counts past the 12-bit counter and below
-    0 clamped, the column-windows past it counted, then the LDPU, as the twin's numpy steps
-    (`_clamped`, `ldpu`) do them; and the twin takes it for a batch when compiled, with the
-    same saturation count."""
+    0 clamped, the column-windows past it counted, then the LDPU, against numpy's steps (the
+    clamp, then `ldpu` with the kernels off) at the gain and bias widths' extremes and every
+    shift; and the twin's 1-phase batch takes it, with the same saturation count."""
+    from pcmhil.host import twin
     from pcmhil.model import kernels
 
     assert kernels.warm_up(), "numba is a dependency (pyproject.toml): the compiled kernels must load"
     rng = np.random.default_rng(7 + relu)
     counts = rng.integers(-50, 6000, (64, 40))
-    gain, bias = rng.integers(-300, 301, 40), rng.integers(-10**6, 10**6, 40)
-    for shift in (0, 1, 7, 12):
+    gain, bias = rng.integers(-2**15, 2**15, 40), rng.integers(-2**31, 2**31, 40)
+    gain[:2], bias[:2] = [-2**15, 2**15 - 1], [-2**31, 2**31 - 1]
+    gain[20:], bias[20:] = rng.integers(-8, 9, 20), rng.integers(-1000, 1001, 20)  # codes off the rails
+    between = 0
+    for shift in range(32):
         codes, saturated = ldpu_of_counts(counts.copy(), gain, bias, shift, relu)
-        expected = ldpu(np.clip(counts, 0, COUNTER_MAX), gain, bias, shift, relu)
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels, "module", lambda: None)
+            expected = ldpu(np.clip(counts, 0, COUNTER_MAX), gain, bias, shift, relu)
+            assert ldpu_of_counts(counts, gain, bias, shift, relu) is None  # numpy's steps then
         assert saturated == int((counts > COUNTER_MAX).sum()) > 0
         assert codes.dtype == np.int8 and np.array_equal(codes, expected), shift
-    with monkeypatch.context() as patch:
-        patch.setattr(kernels, "module", lambda: None)
-        assert ldpu_of_counts(counts, gain, bias, 0, relu) is None  # numpy's steps then
+        between += int(((expected > -128) & (expected < 127) & (expected != 0)).sum())
+    assert between > 500  # codes between the rails were compared, not only saturated ones
+    calls = []
+    monkeypatch.setattr(twin, "ldpu_of_counts", lambda *a: calls.append(1) or ldpu_of_counts(*a))
     chip, (analog,) = make(rows=8, cols=12)
     analog.offset_per_cycle = 40  # 40 * 128 cycles > COUNTER_MAX in every column
     chip.mvm(0, np.zeros((3, 8), dtype=np.int8))
-    assert chip.counters(0)["saturation_count"] == 3 * 12
+    assert calls == [1] and chip.counters(0)["saturation_count"] == 3 * 12
 
 
 def test_saturation_is_counted_per_column_window():
