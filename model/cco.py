@@ -615,13 +615,14 @@ def window_counts(t: CcoTransfer, rng: KeyedRng, w: SelectedConductance, d: np.n
         charge = charge_digits(w, d, s)  # the int8 products; None where the charge takes numpy's path
     # on the charge's path, the compiled scan sums the listed pairs exactly on the way
     # (`CurrentBounds.may_leave`)
-    window, column, *totals = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse,
-                                                 rate=None if charge is None else (t.offset, t.gain, t.fmax))
+    found = currents_may_leave(w, d, s, n, *t.current_limits, coarse=coarse,
+                               rate=None if charge is None else (t.offset, t.gain, t.fmax))
+    window, column = found[:2]
     if charge is not None:
         pairs = np.argsort(window * w.cols + column)  # ascending flat indices (they almost are)
         window, column = window[pairs], column[pairs]
-        if totals[0] is not None:
-            advance = totals[0][pairs].astype(np.float64)  # exact integers below 2**53
+        if (totals := found[2]) is not None:
+            advance = totals[pairs].astype(np.float64)  # exact integers below 2**53
         else:
             advance = _pair_advances(t, w, d, s, n, window, column, *charge)
         return t.counts_of_charge(rng, ops, *charge, n, window * w.cols + column, advance, compiled, out)

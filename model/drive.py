@@ -583,8 +583,9 @@ class _Int8Bounds:
         counted[:, :ceiling.shape[1]] = ceiling
         counted[:, ceiling.shape[1]] = 1
         self.t = int_gemm.Int8Matrix(torch, counted)
-        reach = ceiling.sum(axis=0) << self.shift
-        self.t_reach = ceiling.sum(axis=0).astype(np.int32)  # a dense drive's T_0 bound (`failures`)
+        ceiling_sum = ceiling.sum(axis=0)
+        reach = ceiling_sum << self.shift
+        self.t_reach = ceiling_sum.astype(np.int32)  # a dense drive's T_0 bound (`failures`)
         # the limits clamped to [-reach - 1, reach + 1] (|I_c| <= reach): the same outcomes, and
         # limits beyond the range on the wrong side (high < -reach) still fail every pair
         exact_reach = w.reach[cols]
