@@ -18,14 +18,15 @@ from pcmhil.interface import (
     LDPU_SHIFT_BITS,
     WINDOW_BITS,
     Activation,
+    COMMAND_ARG_MAX,
     Command,
-    CommandWord,
     ErrorCode,
     Geometry,
     PacketType,
     ProgramMode,
     ReadMode,
     RegisterMap,
+    command_word,
 )
 from pcmhil.transport import Transport
 
@@ -89,10 +90,11 @@ class Chip:
         f = self.map.register(register, tile is not None).field(field)
         return (self.read(register, tile) & f.mask) >> f.lsb
 
-    def status(self, tile: int = 0) -> TileStatus:
+    def status(self, tile: int = 0, value: int | None = None) -> TileStatus:
+        """The tile's STATUS and ERROR_INFO fields (`value`: STATUS as just read, if it was)."""
         tile = self._tile(tile)
         reg = self.map.register("STATUS", True)
-        value = self.read("STATUS", tile)
+        value = self.read("STATUS", tile) if value is None else value
         info = self.read("ERROR_INFO", tile)
         get = lambda f: (value & reg.field(f).mask) >> reg.field(f).lsb  # noqa: E731
         ireg = self.map.register("ERROR_INFO", True)
@@ -138,15 +140,17 @@ class Chip:
     def command(self, tile: int, command: Command, arg: int = 0, *, wait: bool = True) -> None:
         """Write CMD; with `wait`, poll until the tile is idle and raise ChipError on error."""
         tile = self._tile(tile)
-        word = CommandWord.const({"opcode": Command(command).value, "arg": arg}).as_bits()
-        self.write("CMD", word, tile)
+        if not _integer_in(arg, COMMAND_ARG_MAX + 1):
+            raise ConfigError(f"a {Command(command).name} command's argument must be an integer in "
+                              f"[0, {COMMAND_ARG_MAX}], not {arg!r}")
+        self.write("CMD", command_word(Command(command).value, int(arg)), tile)
         if wait:
             self.wait_idle(tile)
 
     def wait_idle(self, tile: int) -> TileStatus:
         busy = self.map.register("STATUS", True).field("busy").mask
-        self.transport.poll(self.map.address("STATUS", tile), busy, 0, self.POLL_TIMEOUT_S)
-        status = self.status(tile)
+        value = self.transport.poll(self.map.address("STATUS", tile), busy, 0, self.POLL_TIMEOUT_S)
+        status = self.status(tile, value)
         self.raise_for_error(tile, status)
         return status
 
@@ -226,6 +230,9 @@ class Chip:
         if x.size == 0:
             return np.zeros((0, cols), dtype=np.int8)
         single = x.ndim == 1
+        if len(x) > COMMAND_ARG_MAX and not single:  # one MVM command counts at most this many vectors
+            return np.concatenate([self.mvm(tile, x[k:k + COMMAND_ARG_MAX])
+                                   for k in range(0, len(x), COMMAND_ARG_MAX)])
         packets = pk.pack_activations(np.atleast_2d(x), self.geometry, tile)
         self.command(tile, Command.MVM, len(packets), wait=False)
         self.transport.send(packets)

@@ -14,8 +14,6 @@ from functools import cache
 from typing import Protocol
 
 import numpy as np
-from amaranth.lib import data
-
 from pcmhil.errors import SimulationError
 from pcmhil.host import packets as pk
 from pcmhil.interface import (
@@ -29,7 +27,6 @@ from pcmhil.interface import (
     PWM_MAX_CYCLES,
     Activation,
     Command,
-    CommandWord,
     DeviceSelect,
     ErrorCode,
     Geometry,
@@ -38,6 +35,7 @@ from pcmhil.interface import (
     ReadMode,
     Register,
     RegisterMap,
+    command_fields,
 )
 from pcmhil.model import kernels
 from pcmhil.transport import BusError, Transport
@@ -222,7 +220,7 @@ class TwinTile:
     # ---- commands (numerics 6) ---------------------------------------------------------------
 
     def write_cmd(self, word: int) -> None:
-        opcode, arg = _command_fields(word)
+        opcode, arg = command_fields(word)
         try:
             command = Command(opcode)
         except ValueError:
@@ -402,15 +400,6 @@ class TwinTile:
         self._sync_status()
 
 
-_CMD_LAYOUT = {name: (f.offset, f.width) for name, f in data.Layout.cast(CommandWord)}
-
-
-def _command_fields(word: int) -> tuple[int, int]:
-    """(opcode, arg) of a CMD register word."""
-    (op_lsb, op_w), (arg_lsb, arg_w) = _CMD_LAYOUT["opcode"], _CMD_LAYOUT["arg"]
-    return (word >> op_lsb) & ((1 << op_w) - 1), (word >> arg_lsb) & ((1 << arg_w) - 1)
-
-
 class TwinTransport(Transport):
     """The whole chip (router, tiles, chip registers) as an in-process Transport."""
 
@@ -479,12 +468,12 @@ class TwinTransport(Transport):
         fields = pk.header_fields(batch[:, 0])
         if len(batch) < 2 or np.any(fields["type"] != PacketType.ACTIVATIONS.value):
             return False
-        tiles = np.unique(fields["tile"])
-        if len(tiles) != 1 or tiles[0] >= self.geometry.tiles:
+        tile = int(fields["tile"][0])
+        if tile >= self.geometry.tiles or np.any(fields["tile"] != tile):
             return False
         if batch.shape[1] != pk.expected_length(PacketType.ACTIVATIONS.value, self.geometry):
             return False
-        self.tiles[int(tiles[0])].accept(PacketType.ACTIVATIONS, batch)
+        self.tiles[tile].accept(PacketType.ACTIVATIONS, batch)
         self._collect()
         return True
 

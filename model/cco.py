@@ -249,15 +249,15 @@ class CcoTransfer:
             phase = self.initial_phase(rng, op_indices)
             phase += advance
             return self.cumulative_pulses(phase)
-        lowest, reach = self._phase_brackets
         if compiled is not None:  # the same steps compiled, an element at a time (any number of windows)
             per_op, per_lane = rng.keys(Stream.CCO_OUTPUT, op_indices, len(self.gain))
             counts = np.empty(advance.shape, dtype=np.int64)
             open_ = np.empty(advance.shape, dtype=np.bool_)
-            compiled.bracketed_counts(per_op, per_lane, 64 - _NOISE_BIN_BITS, lowest, reach, advance,
+            compiled.bracketed_counts(per_op, per_lane, 64 - _NOISE_BIN_BITS, self._bracket_table, advance,
                                       *self._pulse_constants, counts, open_)
             self._open_counts(per_op, per_lane, open_, advance, counts)
             return counts
+        lowest, reach = self._phase_brackets
         bits = rng.bits(Stream.CCO_OUTPUT, op_indices, len(self.gain))
         bins = np.right_shift(bits, np.uint64(64 - _NOISE_BIN_BITS)).view(np.int64)
         low = np.take(lowest, bins, mode="clip")
@@ -280,7 +280,6 @@ class CcoTransfer:
         cols + column, ascending), whose advance is pair_advance: one compiled loop (`kernels`)
         for what otherwise takes a float64 charge and a dozen passes over it. For sigma_out > 0
         (the bracket). Into `out` (int64 (windows, cols)) if given."""
-        lowest, reach = self._phase_brackets
         per_op, per_lane = rng.keys(Stream.CCO_OUTPUT, op_indices, len(self.gain))
         shape = charge.shape[1:]
         counts = np.empty(shape, dtype=np.int64) if out is None else out
@@ -288,7 +287,7 @@ class CcoTransfer:
         open_advance = np.empty(shape)
         n_offset = (n_window_cycles * self.offset).astype(np.float64)
         compiled.charged_counts(charge, negated, self._gain_float, n_offset, pairs, pair_advance, per_op,
-                                per_lane, 64 - _NOISE_BIN_BITS, lowest, reach, *self._pulse_constants,
+                                per_lane, 64 - _NOISE_BIN_BITS, self._bracket_table, *self._pulse_constants,
                                 counts, open_, open_advance)
         self._open_counts(per_op, per_lane, open_, open_advance, counts)
         return counts
@@ -348,6 +347,13 @@ class CcoTransfer:
         high += 2.0**-40 * (1 + np.abs(high))
         lowest, highest = self._phase_of(low), self._phase_of(high)
         return lowest, (highest - lowest) / PHASE_PER_PULSE + (2.0**-20 + self.knee * 2.0**-80)
+
+    @cached_property
+    def _bracket_table(self) -> np.ndarray:
+        """`_phase_brackets` as one float64 (2**_NOISE_BIN_BITS, 2) table, a bin's (lowest,
+        reach) side by side: the compiled counts read both from one cache line (the two
+        tables, 64 KB, do not fit the L1 cache; ~9 % off `charged_counts`, measured)."""
+        return np.ascontiguousarray(np.stack(self._phase_brackets, axis=1))
 
     @cached_property
     def current_limits(self) -> tuple[np.ndarray, np.ndarray]:

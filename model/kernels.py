@@ -653,19 +653,19 @@ def _band_worst(a, t, sizes, shift32, mid, base32, low_max, t_reach, rows32, wor
                 worst[b, j] = max(worst[b, j], y)
 
 
-def _bracketed_counts(per_op, per_lane, bin_shift, lowest, reach, advance, knee, k, kc, scale, counts, open_):
+def _bracketed_counts(per_op, per_lane, bin_shift, table, advance, knee, k, kc, scale, counts, open_):
     """`cco.CcoTransfer.counts_after`'s bracketed counts of the windows' advances (windows,
     cols) float64 (`_bracketed_row`), open_ where the count at the bin's high end may be higher
     (those take the caller's exact path)."""
     cols = advance.shape[1]
-    bins, low, high = np.empty(cols, np.int64), np.empty(cols), np.empty(cols)
+    bins, low, high = np.empty(cols, np.uint64), np.empty(cols), np.empty(cols)
     for b in range(advance.shape[0]):
-        _bracketed_row(per_op[b], per_lane, advance[b], bin_shift, lowest, reach, knee, k, kc, scale, bins,
-                       low, high, counts[b], open_[b])
+        _bracketed_row(per_op[b], per_lane, advance[b], bin_shift, table, knee, k, kc, scale, bins, low, high,
+                       counts[b], open_[b])
 
 
 def _charged_counts(charge, negated, gain, n_offset, pair_index, pair_advance, per_op, per_lane, bin_shift,
-                    lowest, reach, knee, k, kc, scale, counts, open_, open_advance):
+                    table, knee, k, kc, scale, counts, open_, open_advance):
     """`_bracketed_counts` with each window's advances computed here from the charge's int8
     products (`drive.charge_digits`: Q = (-1 if negated) sum_k 256**k charge[k], (digits,
     windows, cols) int32) as `cco.window_counts` does in float64: Q gain + n offset (gain,
@@ -675,7 +675,7 @@ def _charged_counts(charge, negated, gain, n_offset, pair_index, pair_advance, p
     path)."""
     digits, windows, cols = charge.shape
     advance = np.empty(cols)
-    bins, low, high = np.empty(cols, np.int64), np.empty(cols), np.empty(cols)
+    bins, low, high = np.empty(cols, np.uint64), np.empty(cols), np.empty(cols)
     sign = -1 if negated else 1
     p = 0
     for b in range(windows):
@@ -695,21 +695,22 @@ def _charged_counts(charge, negated, gain, n_offset, pair_index, pair_advance, p
         while p < len(pair_index) and pair_index[p] < (b + 1) * cols:
             advance[pair_index[p] - b * cols] = pair_advance[p]
             p += 1
-        _bracketed_row(per_op[b], per_lane, advance, bin_shift, lowest, reach, knee, k, kc, scale, bins, low,
-                       high, counts[b], open_[b])
+        _bracketed_row(per_op[b], per_lane, advance, bin_shift, table, knee, k, kc, scale, bins, low, high,
+                       counts[b], open_[b])
         for j in range(cols):
             if open_[b, j]:
                 open_advance[b, j] = advance[j]
 
 
-def _bracketed_row(op_key, per_lane, advance, bin_shift, lowest, reach, knee, k, kc, scale, bins, low, high,
-                   counts, open_):
+def _bracketed_row(op_key, per_lane, advance, bin_shift, table, knee, k, kc, scale, bins, low, high, counts,
+                   open_):
     """The counts and open flags of one window's columns: the hashes splitmix64(op_key ^
     per_lane[j]) (`keyed_rng.KeyedRng.bits`), their bins (the hash's top 64 - bin_shift bits)'s
     lowest phase plus the advance, pulses by the same IEEE operations as
     `CcoTransfer._pulses_real` (knee, k = 1 / (2 knee), kc = k knee**2 and scale as it computes
     them; no fused multiply-add: numba contracts nothing without fastmath), the count
-    truncated, and open where the count at the bin's high end may be higher. Hashes, the bins'
+    truncated, and open where the count at the bin's high end may be higher (table: a bin's
+    lowest phase and reach side by side, `CcoTransfer._bracket_table`). Hashes, the bins'
     table values (into the scratch low, high) and pulses in separate loops, the
     nonlinearity's branch outside: the first and last then vectorise (LLVM vectorises no loop
     that gathers from the tables here: ~20 % slower in one loop, measured)."""
@@ -719,10 +720,10 @@ def _bracketed_row(op_key, per_lane, advance, bin_shift, lowest, reach, knee, k,
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-        bins[j] = np.int64(z >> shift)
-    for j in range(len(per_lane)):
-        low[j] = lowest[bins[j]]
-        high[j] = reach[bins[j]]
+        bins[j] = z >> shift
+    for j in range(len(per_lane)):  # unsigned indices: no wraparound test for negative ones
+        low[j] = table[bins[j], 0]
+        high[j] = table[bins[j], 1]
     if knee > 0:
         for j in range(len(per_lane)):
             u = _knee_pulses(max(low[j] + advance[j], 0.0), knee, k, kc, scale)

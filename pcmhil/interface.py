@@ -216,6 +216,30 @@ class CommandWord(data.Struct):
     arg: 24
 
 
+#: (lsb, width) of each CommandWord field, read from the layout once (`command_word`,
+#: `command_fields`: a host issues one command per batch, and amaranth's const takes ~20 us).
+_COMMAND_FIELDS = {name: (f.offset, f.width) for name, f in data.Layout.cast(CommandWord)}
+#: The largest argument a command carries (e.g. the vectors of one MVM command).
+COMMAND_ARG_MAX = (1 << _COMMAND_FIELDS["arg"][1]) - 1
+
+
+def command_word(opcode: int, arg: int = 0) -> int:
+    """The CMD register word of `opcode` and `arg` (both must fit their fields: no wrapping)."""
+    word = 0
+    for name, value in (("opcode", opcode), ("arg", arg)):
+        lsb, width = _COMMAND_FIELDS[name]
+        if not 0 <= value < 1 << width:
+            raise ValueError(f"command {name} must be in [0, {(1 << width) - 1}], not {value!r}")
+        word |= value << lsb
+    return word
+
+
+def command_fields(word: int) -> tuple[int, int]:
+    """(opcode, arg) of a CMD register word."""
+    (op_lsb, op_w), (arg_lsb, arg_w) = _COMMAND_FIELDS["opcode"], _COMMAND_FIELDS["arg"]
+    return (word >> op_lsb) & ((1 << op_w) - 1), (word >> arg_lsb) & ((1 << arg_w) - 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Register map
 # ---------------------------------------------------------------------------------------------

@@ -12,16 +12,20 @@ from pcmhil.host.chip import Chip, ChipError
 from pcmhil.host.twin import TwinTransport, ldpu, ldpu_of_counts
 from pcmhil.interface import (
     CHIP_ID_VALUE,
+    COMMAND_ARG_MAX,
     COUNTER_MAX,
     TILE_ID_VALUE,
     WINDOW_RESET,
     Activation,
     Command,
+    CommandWord,
     ErrorCode,
     Geometry,
     PacketType,
     ProgramMode,
     ReadMode,
+    command_fields,
+    command_word,
 )
 from pcmhil.model.analog_tile import AnalogSpec
 from pcmhil.transport import BusError, Transport
@@ -355,3 +359,36 @@ def test_configure_refuses_what_the_registers_cannot_hold(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         chip.configure(0, **kwargs)
     chip.configure(0, window=100, shift=31)  # a short window is written: MVMs then fail BAD_CONFIG
+
+
+def test_command_words_follow_the_layout_and_refuse_what_it_cannot_hold():
+    """The host's command encoding (`command_word`, without amaranth's const per command) is
+    the CMD layout's, field for field; an argument the 24-bit field cannot hold is refused
+    rather than cut to its low bits (an MVM of 2**24 + 5 vectors would count 5)."""
+    rng = np.random.default_rng(0)
+    for opcode, arg in [(0, 0), (255, COMMAND_ARG_MAX), *zip(rng.integers(0, 256, 50),
+                                                               rng.integers(0, 2**24, 50), strict=True)]:
+        word = command_word(int(opcode), int(arg))
+        assert word == CommandWord.const({"opcode": int(opcode), "arg": int(arg)}).as_bits()
+        assert command_fields(word) == (opcode, arg)
+    with pytest.raises(ValueError, match=r"command arg must be in \[0, 16777215\], not 16777216"):
+        command_word(Command.MVM.value, 2**24)
+    chip, _ = make()
+    for arg in (2**24, -1, 1.0):
+        with pytest.raises(ConfigError, match=r"a MVM command's argument must be an integer in \[0, 16777215\]"):
+            chip.command(0, Command.MVM, arg, wait=False)
+    assert not chip.status(0).busy  # nothing was written
+
+
+def test_a_batch_beyond_one_commands_count_runs_as_several_commands(monkeypatch):
+    """Chip.mvm splits a batch longer than a command's argument can count into several MVM
+    commands: the same codes as one command, and the tile's MVM count covers them all."""
+    chip, analog = make(rows=8, cols=12)
+    chip.configure(0, window=WINDOW_RESET)
+    chip.load_ldpu(0, np.full(12, 3), np.zeros(12, dtype=np.int64))
+    x = np.random.default_rng(1).integers(-128, 128, (11, 8)).astype(np.int8)
+    whole = chip.mvm(0, x)
+    monkeypatch.setattr("pcmhil.host.chip.COMMAND_ARG_MAX", 4)
+    before = chip.read("MVM_COUNT", 0)
+    assert np.array_equal(chip.mvm(0, x), whole)
+    assert chip.read("MVM_COUNT", 0) - before == 11
