@@ -15,10 +15,10 @@ from pcmhil.errors import ConfigError, PcmhilError, SimulationError
 from pcmhil.host import packets as pk
 from pcmhil.interface import (
     CALIBRATE_MAX_LOG2,
+    COMMAND_ARG_MAX,
     LDPU_SHIFT_BITS,
     WINDOW_BITS,
     Activation,
-    COMMAND_ARG_MAX,
     Command,
     ErrorCode,
     Geometry,

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Protocol
 
 import numpy as np
+
 from pcmhil.errors import SimulationError
 from pcmhil.host import packets as pk
 from pcmhil.interface import (
