@@ -238,7 +238,7 @@ class Chip:
         self.transport.send(packets)
         results = self._receive(len(packets), PacketType.RESULT, tile)
         self.wait_idle(tile)
-        y = pk.unpack_results(np.concatenate(results))
+        y = pk.unpack_results(results[0] if len(results) == 1 else np.concatenate(results))
         return y[0] if single else y
 
     def abort(self, tile: int = 0) -> None:
