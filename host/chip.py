@@ -141,7 +141,7 @@ class Chip:
         """Write CMD; with `wait`, poll until the tile is idle and raise ChipError on error."""
         tile = self._tile(tile)
         if not _integer_in(arg, COMMAND_ARG_MAX + 1):
-            raise ConfigError(f"a {Command(command).name} command's argument must be an integer in "
+            raise ConfigError(f"the {Command(command).name} command's argument must be an integer in "
                               f"[0, {COMMAND_ARG_MAX}], not {arg!r}")
         self.write("CMD", command_word(Command(command).value, int(arg)), tile)
         if wait:
@@ -221,7 +221,8 @@ class Chip:
 
     def mvm(self, tile: int, x: np.ndarray) -> np.ndarray:
         """int8 inputs [N, rows] (or [rows]) -> int8 outputs [N, cols] (or [cols]); N = 0 gives
-        an empty result without a command to the chip (whose MVM count must be >= 1)."""
+        an empty result without a command to the chip (whose MVM count must be >= 1), and N
+        beyond what one command counts (COMMAND_ARG_MAX) runs as several MVM commands."""
         tile = self._tile(tile)
         x = np.asarray(x)
         rows, cols = self.geometry.rows, self.geometry.cols
