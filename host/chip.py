@@ -143,7 +143,7 @@ class Chip:
         if not _integer_in(arg, COMMAND_ARG_MAX + 1):
             raise ConfigError(f"the {Command(command).name} command's argument must be an integer in "
                               f"[0, {COMMAND_ARG_MAX}], not {arg!r}")
-        self.write("CMD", command_word(Command(command).value, int(arg)), tile)
+        self.write("CMD", command_word(Command(command), int(arg)), tile)
         if wait:
             self.wait_idle(tile)
 

@@ -24,6 +24,7 @@ from pcmhil.interface import (
     PacketType,
     ProgramMode,
     ReadMode,
+    command_word,
 )
 
 #: Registers recorded after every operation (chip-level and per tile).
@@ -190,7 +191,7 @@ def run_op(chip: Chip, op: Op) -> list:
     elif op.kind == "advance_time":
         chip.advance_time(a["seconds"])
     elif op.kind == "bad_command":
-        chip.write("CMD", a["opcode"] | (a["arg"] << 8), t)
+        chip.write("CMD", command_word(a["opcode"], a["arg"]), t)
         _wait(chip, t)
     elif op.kind == "bad_packet":
         send(_bad_packet(g, t, a["flaw"], a["kind"]))
@@ -200,8 +201,7 @@ def run_op(chip: Chip, op: Op) -> list:
         if n:
             send(pk.pack_activations(a["x"], g, t))
             out = chip.transport.receive(n)
-        intruder = a["intruder"]
-        chip.write("CMD", getattr(intruder, "value", intruder), t)
+        chip.write("CMD", command_word(a["intruder"]), t)
         out.append(snapshot(chip))
         chip.command(t, Command.ABORT, wait=False)
         _wait(chip, t)

@@ -223,10 +223,11 @@ _COMMAND_FIELDS = {name: (f.offset, f.width) for name, f in data.Layout.cast(Com
 COMMAND_ARG_MAX = (1 << _COMMAND_FIELDS["arg"][1]) - 1
 
 
-def command_word(opcode: int, arg: int = 0) -> int:
-    """The CMD register word of `opcode` and `arg` (both must fit their fields: no wrapping)."""
+def command_word(opcode: int | Command, arg: int = 0) -> int:
+    """The CMD register word of `opcode` (a Command or any 8-bit code) and `arg` (both must fit
+    their fields: no wrapping)."""
     word = 0
-    for name, value in (("opcode", opcode), ("arg", arg)):
+    for name, value in (("opcode", int(getattr(opcode, "value", opcode))), ("arg", arg)):
         lsb, width = _COMMAND_FIELDS[name]
         if not 0 <= value < 1 << width:
             raise ValueError(f"command {name} must be in [0, {(1 << width) - 1}], not {value!r}")

@@ -30,9 +30,9 @@ from pcmhil.interface import (
     OUTPUT_MAX,
     OUTPUT_MIN,
     WINDOW_RESET,
-    CommandWord,
     DeviceSelect,
     Geometry,
+    command_word,
     tile_registers,
 )
 from pcmhil.rtl.tile import Tile
@@ -298,8 +298,7 @@ class TileBench:
         return ctx.get(bus.r_data)
 
     async def command(self, ctx, opcode: int, arg: int = 0) -> None:
-        word = CommandWord.const({"opcode": int(getattr(opcode, "value", opcode)), "arg": arg})
-        await self.write(ctx, "CMD", word.as_value().value)
+        await self.write(ctx, "CMD", command_word(opcode, arg))
 
     async def status(self, ctx) -> dict[str, int]:
         value = await self.read(ctx, "STATUS")

@@ -17,7 +17,7 @@ from pcmhil.host import packets as pk
 from pcmhil.host.chip import Chip
 from pcmhil.host.equivalence import _wait, compare, random_workload, run_workload
 from pcmhil.host.twin import TwinTransport
-from pcmhil.interface import PWM_MAX_CYCLES, Command, CommandWord, ErrorCode, Geometry, PacketType, ReadMode
+from pcmhil.interface import PWM_MAX_CYCLES, Command, ErrorCode, Geometry, PacketType, ReadMode, command_word
 from pcmhil.model.analog_tile import AnalogSpec
 
 pytestmark = pytest.mark.cosim
@@ -204,7 +204,7 @@ def _provoke_every_error(chip: Chip) -> dict:
     info = lambda t: (chip.read_field("ERROR_INFO", "code", t), chip.read_field("ERROR_INFO", "opcode", t))  # noqa: E731
 
     def command(opcode: int, arg: int = 0, tile: int = 0) -> None:
-        chip.write("CMD", CommandWord.const({"opcode": opcode, "arg": arg}).as_bits(), tile)
+        chip.write("CMD", command_word(opcode, arg), tile)
         _wait(chip, tile)
 
     chip.configure(0, window=PWM_MAX_CYCLES)

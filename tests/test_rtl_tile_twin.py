@@ -9,7 +9,7 @@ from rtl_tile_bench import FakeAnalog, TileBench, run_tile
 
 from pcmhil.host import packets as pk
 from pcmhil.host.twin import TwinTransport
-from pcmhil.interface import Command, CommandWord, Geometry, RegisterMap, tile_registers
+from pcmhil.interface import Command, Geometry, RegisterMap, command_word, tile_registers
 from pcmhil.rtl.tile import Tile
 
 GEOMETRY = Geometry(12, 8, 1)
@@ -36,8 +36,7 @@ class _TwinAnalog:
 
 
 def _cmd(opcode, arg=0):
-    word = CommandWord.const({"opcode": int(getattr(opcode, "value", opcode)), "arg": arg})
-    return ("write", "CMD", word.as_value().value)
+    return ("write", "CMD", command_word(opcode, arg))
 
 
 def _steps(rng):
