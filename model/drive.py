@@ -30,6 +30,7 @@ compiled loops, the scan for any number of failed pairs (`CurrentBounds.may_leav
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -82,6 +83,10 @@ _CHUNK_ELEMENTS = 2**19
 _BAND_CHUNK_ELEMENTS = 3 * 2**16
 #: Shape of the band edges (`_band_edges`): 1 gives equal bands.
 _BAND_EDGE_POWER = 0.75
+#: `_PathChoice`: the path not chosen runs on every this-many-th call; weight of a call's time
+#: in a path's moving average.
+_PROBE_EVERY = 32
+_COST_WEIGHT = 0.25
 
 
 @contextmanager
@@ -321,6 +326,8 @@ class CurrentBounds:
         self.start_limit = {1: _float32_below(upper[cols] * shrink),
                             -1: _float32_below(-lower[cols] * shrink)}
         self._int8: _Int8Bounds | None = None
+        self._walk: _Walk | None = None
+        self._paths = _PathChoice()
 
     def int8(self, windows: int) -> _Int8Bounds | None:
         """The operands of the int8 path (`int_gemm`) for `windows` windows, or None where they
@@ -347,8 +354,10 @@ class CurrentBounds:
         cancel) a band test on every window (`_band_test`, `bands` bands, `_adapt_bands`), then,
         if many pairs are left, an exact scan of their currents in the bands they failed
         (`_prefix_scan`; compiled, `kernels.scan_pairs`, for any number of pairs, cheaper per
-        pair than the exact sums it spares them). Each test is a proof on its own, so a pair is
-        listed only if every test failed it. The one-sign and band tests run on exact integers
+        pair than the exact sums it spares them). With the kernels compiled, instead of the band
+        test and scans, whichever has been faster (`_PathChoice`): a walk of every window's rows
+        over all columns (`_walked`), whose flags are a proof too. Each test is a proof on its
+        own, so a pair is listed only if every test failed it. The one-sign and band tests run on exact integers
         where `int8` allows (`_Int8Bounds`), else in float32 with the margins their docs prove.
         """
         w = self.w
@@ -361,8 +370,29 @@ class CurrentBounds:
             failed = ~self._sign_definite_test(d, s, sign)
             window, column = np.divmod(np.flatnonzero(failed), failed.shape[1]) if failed.any() else _NO_PAIRS
             return window, self.cols[column], *untotalled
-        dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
         compiled = kernels.module()
+        if compiled is None:
+            return self._band_path(d, s, n_window_cycles, coarse, rate, compiled)
+        walk = self._paths.walk_next()
+        if walk and self._walk is None:  # built before the clock starts (each path's first call)
+            self._walk = _Walk(self.w.w_int if self.all_cols else self.w.w_int[:, self.cols],
+                               self.lower[self.cols], self.upper[self.cols])
+        elif not walk:
+            self.int8(len(d))
+        start = time.perf_counter()
+        if walk:
+            found = self._walked(d, s, n_window_cycles, rate, compiled)
+        else:
+            found = self._band_path(d, s, n_window_cycles, coarse, rate, compiled)
+        self._paths.took(walk, len(d), time.perf_counter() - start)
+        return found
+
+    def _band_path(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int, coarse: bool,
+                   rate: tuple[np.ndarray, np.ndarray, int] | None, compiled) -> tuple[np.ndarray, ...]:
+        """`may_leave` of a mixed-sign drive by the band test and the scans of the pairs it fails."""
+        w = self.w
+        untotalled = () if rate is None else (None,)
+        dense = np.count_nonzero(d) >= _DENSE_FRACTION * d.size
         bands = self.bands  # the other thread of a large batch may change it meanwhile
         failed = self._band_test(d, s, n_window_cycles, dense, compiled, bands)
         self._adapt_bands(len(d), len(failed.window), bands)
@@ -383,6 +413,26 @@ class CurrentBounds:
         inside = _prefix_scan(w, d, s, failed.window, column, self.lower, self.upper,
                               failed.start and failed.start[:3], _SCAN_BLOCK[coarse])
         return failed.window[~inside], column[~inside], *untotalled
+
+    def _walked(self, d: np.ndarray, s: np.ndarray, n_window_cycles: int,
+                rate: tuple[np.ndarray, np.ndarray, int] | None, compiled) -> tuple[np.ndarray, ...]:
+        """`may_leave` of a mixed-sign drive by walking every window's rows over all columns
+        (`_Walk`, `kernels.walk_extremes`): the pairs it flags, and with `rate` their exact sums
+        (`kernels.exact_pairs`: the pairs whose currents stay inside sum to what the charge
+        gives them, so listing them too changes no count)."""
+        walk = self._walk  # built by `may_leave` (two threads may both build it: the same values)
+        flags = np.empty((len(d), len(self.cols)), dtype=np.bool_)
+        compiled.walk_extremes(walk.table, d, s, n_window_cycles, walk.low, walk.high, flags)
+        window, column = np.nonzero(flags)
+        if not self.all_cols:
+            column = self.cols[column]
+        if rate is None:
+            return window, column
+        totals = np.empty(len(window), dtype=np.int64)
+        if len(window):
+            compiled.exact_pairs(self.w.terms.reshape(self.w.cols, -1), d, s, window, column, n_window_cycles,
+                                 *rate, totals)
+        return window, column, totals
 
     def _adapt_bands(self, windows: int, failed_pairs: int, bands: int) -> None:
         """One band more while over _MORE_BANDS_ABOVE of the pairs fail the band test, one
@@ -544,6 +594,59 @@ class CurrentBounds:
             np.subtract(self.reach32, t[1:].sum(axis=0), out=t[0])
         counts = (flat[bands * windows:] @ self.ones32).reshape(bands - first, windows) if sizes else None
         return a, t, counts
+
+
+class _Walk:
+    """The walk's operands (`CurrentBounds._walked`, `kernels.walk_extremes`) for a matrix W
+    (rows, cols) and the limits of its columns: the signed rows of W's high digit H, W = base H +
+    L with H = W / base rounded (|H| <= 127, |L| <= base / 2, as `_Int8Bounds`'s one-digit A_g),
+    as int8 (2 rows, cols), and the limits in units of base less a bound on the rest. A current
+    is I = base a + e, a the walk's sum of the conducting rows' H terms and |e| <= sum_i |L_ij|
+    (`slack`), so I > upper only where a > floor((upper - slack) / base) (`high`) and I < lower
+    only where a < ceil((lower + slack) / base) (`low`): the walk flags every pair that leaves,
+    and a few inside within the slack (their exact sums decide). Sums in int16 where
+    127 rows <= 32,766, else int32: |a| <= 127 rows stays below the type's largest value, so
+    limits clamped to the type's range flag the same sums."""
+
+    def __init__(self, w_int: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+        rows = len(w_int)
+        base = max(1, -(-int(np.abs(w_int).max(initial=0)) // 127))
+        high_digit = np.floor_divide(w_int + base // 2, base)
+        slack = np.abs(w_int - base * high_digit).sum(axis=0)
+        self.table = np.concatenate([high_digit, -high_digit]).astype(np.int8)
+        dtype = np.int16 if 127 * rows < np.iinfo(np.int16).max else np.int32
+        info = np.iinfo(dtype)
+        far = 2**62  # beyond every current (|I| <= 2**31 base): no overflow below
+        upper, lower = np.clip(upper, -far, far), np.clip(lower, -far, far)
+        self.high = np.clip(np.floor_divide(upper - slack, base), info.min, info.max).astype(dtype)
+        self.low = np.clip(np.floor_divide(lower + slack + base - 1, base), info.min, info.max).astype(dtype)
+
+
+class _PathChoice:
+    """Which of `may_leave`'s two proofs for a mixed-sign drive runs next: the band test (int8
+    or float32 products, then scans of the pairs it fails: cheap where the currents stay far
+    inside the limits, as a DNN's do) or the walk (~R C additions a window whatever the
+    currents: cheaper where they often come near the limits, as uniform full-range weights'
+    do). Whichever took less time per window lately (moving averages of each, each first
+    measured on one call), and the other on every _PROBE_EVERY-th call so its figure follows the
+    drive. Both list every pair that leaves, with the same exact sums: the counts never depend
+    on the choice. The two threads of a large batch share one (races only blur the figures)."""
+
+    def __init__(self):
+        self.cost: list[float | None] = [None, None]  # seconds per window: band test, walk
+        self.calls = 0
+
+    def walk_next(self) -> bool:
+        band, walk = self.cost
+        if band is None or walk is None:
+            return band is not None
+        self.calls += 1
+        return (walk < band) != (self.calls % _PROBE_EVERY == 0)
+
+    def took(self, walk: bool, windows: int, seconds: float) -> None:
+        per_window = seconds / max(windows, 1)
+        last = self.cost[walk]
+        self.cost[walk] = per_window if last is None else last + _COST_WEIGHT * (per_window - last)
 
 
 class _Int8Bounds:

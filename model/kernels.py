@@ -12,6 +12,10 @@ arrays, done an element or a pair at a time in one loop each.
   (`drive._prefix_scan`, `CcoTransfer.exact_advance`), gathering and storing every prefix sum;
 - the exact sums of every pair of a few windows (`exact_windows`: a co-simulation's windows
   come one at a time), a sorted row at a time over all columns, without the band test;
+- the walk that may replace the band test and scans of large batches (`walk_extremes`,
+  `drive._PathChoice`): every window's rows sorted, added a row at a time to all columns' sums
+  in int16 (W's high digit, `drive._Walk`), the sums' extremes over the cycles flagged against
+  the limits less a bound on the rest;
 - cycle mode's clock (`cycle_step`: `analog_tile.CycleWindow.step`): the changed rows'
   currents, the CCO phases and their pulses;
 - the counts (`bracketed_counts`, `charged_counts`): the keyed hash, the noise bracket and the
@@ -20,8 +24,9 @@ arrays, done an element or a pair at a time in one loop each.
 
 Each computes the same integers, or the same IEEE operations in the same order (numba fuses no
 multiply-add without fastmath), as numpy's path, except the band test, whose compiled bound is
-looser (a superset of numpy's failed pairs, which the exact scans then decide), so every count
-is the same either way: tests/test_model_kernels.py compares each with numpy's version or the
+looser (a superset of numpy's failed pairs, which the exact scans then decide), and the walk
+(a superset of the pairs that leave, which the exact sums then decide), so every count is the
+same either way: tests/test_model_kernels.py compares each with numpy's version or the
 per-cycle contract (the band test: a proof that fails every pair numpy's fails and every pair
 that leaves the limits, with exact scan starts), and the window tests and the equivalence
 regression run the twin on both paths.
@@ -109,13 +114,14 @@ def _compiled():
         import numba
     except Exception:  # noqa: BLE001 - no numba (or a broken one): numpy's path
         return None
-    global _sorted_rows, _pair_scratch, _bracketed_row, _rate, _knee_pulses, _range_total  # noqa: PLW0603
+    global _sorted_rows, _pair_scratch, _bracketed_row, _rate, _knee_pulses, _range_total, _add_rows  # noqa: PLW0603
     jit = numba.njit(nogil=True, cache=True)  # resolves callees by name: the compiled ones, bound first
     _rate, _knee_pulses = jit(_rate), jit(_knee_pulses)
     _sorted_rows, _pair_scratch = jit(_sorted_rows), jit(_pair_scratch)
-    _bracketed_row, _range_total = jit(_bracketed_row), jit(_range_total)
+    _bracketed_row, _range_total, _add_rows = jit(_bracketed_row), jit(_range_total), jit(_add_rows)
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
-                              exact_windows=jit(_exact_windows), cycle_step=jit(_cycle_step),
+                              exact_windows=jit(_exact_windows), walk_extremes=jit(_walk_extremes),
+                              cycle_step=jit(_cycle_step),
                               band_operands=jit(_band_operands), band_worst=jit(_band_worst),
                               band_failures=jit(_band_failures), low_sums=jit(_low_sums),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
@@ -130,7 +136,8 @@ def _self_check(kernels) -> bool:
     matrix product) on small random drives of both polarities. Their durations are distinct
     (one may be 0), so every prefix sum the scan tests is the current of a cycle: it must flag
     exactly the pairs whose currents leave the CCOs' limits, and sum each of them exactly from
-    the range of cycles where they leave (the rest of its cycles outside that range)."""
+    the range of cycles where they leave (the rest of its cycles outside that range); the walk
+    over whole windows (exact here: one int8 digit) must flag the same pairs."""
     from .drive import signed_terms  # it imports this module
 
     rng = np.random.default_rng(12345)
@@ -158,17 +165,21 @@ def _self_check(kernels) -> bool:
     out_scan, out_exact = np.empty(pairs, np.bool_), np.empty(pairs, np.int64)
     out_totals = np.empty(pairs, np.int64)
     out_windows = np.empty((windows, cols), np.int64)
+    out_walk = np.empty((windows, cols), np.bool_)
     try:
         kernels.scan_pairs(terms, d, s, window, column, value, top, bottom, lower, upper, out_scan, n, offset,
                            gain, fmax, out_totals)
         kernels.exact_pairs(terms, d, s, window, column, n, offset, gain, fmax, out_exact)
         kernels.exact_windows(w, d, s, n, offset, gain, fmax, out_windows)
+        kernels.walk_extremes(np.concatenate([w, -w]).astype(np.int8), d, s, n, lower.astype(np.int16),
+                              upper.astype(np.int16), out_walk)
     except Exception:  # noqa: BLE001 - a kernel that does not compile: numpy's path
         return False
     return bool(expect_scan.any() and np.array_equal(out_scan, expect_scan)
                 and np.array_equal(out_exact, expect_exact)
                 and np.array_equal(out_totals[out_scan], expect_exact[out_scan])
-                and np.array_equal(out_windows.ravel(), expect_exact))
+                and np.array_equal(out_windows.ravel(), expect_exact)
+                and np.array_equal(out_walk.ravel(), expect_scan))
 
 
 def _steps_agree(kernels) -> bool:
@@ -437,6 +448,56 @@ def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fma
             # 0 cycles inside a run of equal durations (no branch: see _scan_pairs)
             total += _rate(offset[j], gain[j], current, fmax) * (durations[k] - durations[k + 1])
         out[p] = total
+
+
+def _walk_extremes(table, d, s, n_window_cycles, low, high, flags):
+    """flags[b, j]: whether the current of column j in some cycle of window b, in units of the
+    rows of table (2 rows, cols): row i + rows * (s < 0) is s times row i of a matrix, leaves
+    [low[j], high[j]]. Each window's conducting rows sorted by decreasing duration
+    (`_sorted_rows`) and added a row at a time to all columns' sums (the loop over columns
+    vectorises), whose smallest and largest values are taken at the end of each run of equal
+    durations: exactly the currents of the window's cycles, and 0 for the cycles after the
+    longest duration. Sums in low's type, which must hold every sum of a column's rows
+    (`drive._Walk`)."""
+    rows = d.shape[1]
+    cols = table.shape[1]
+    order, durations, starts = _pair_scratch(rows)
+    current = np.empty(cols, low.dtype)
+    lowest = np.empty(cols, low.dtype)
+    highest = np.empty(cols, low.dtype)
+    top = np.iinfo(low.dtype).max
+    for b in range(d.shape[0]):
+        count = _sorted_rows(d, s, b, order, durations, starts)
+        current[:] = 0
+        if n_window_cycles > durations[0]:  # cycles with no row on: current 0
+            lowest[:] = 0
+            highest[:] = 0
+        else:
+            lowest[:] = top
+            highest[:] = -top
+        k = 0
+        while k < count:
+            end = k + 1
+            while durations[end] == durations[k]:
+                end += 1
+            _add_rows(table, order, k, end, current)
+            for j in range(cols):
+                lowest[j] = min(lowest[j], current[j])
+                highest[j] = max(highest[j], current[j])
+            k = end
+        for j in range(cols):
+            flags[b, j] = (lowest[j] < low[j]) | (highest[j] > high[j])
+
+
+def _add_rows(table, order, first, last, current):
+    """current += table[order[k]] for k in [first, last) (one run of `_walk_extremes`): a loop
+    of its own, each row one vectorised pass (a pass that also took the run's extremes, or two
+    rows at a time, measured 2-2.5x slower: numba's wider integer arithmetic stops LLVM from
+    narrowing the min/max)."""
+    for k in range(first, last):
+        row = table[order[k]]
+        for j in range(current.shape[0]):
+            current[j] += row[j]
 
 
 def _exact_windows(w_int, d, s, n_window_cycles, offset, gain, fmax, out):

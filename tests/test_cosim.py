@@ -56,7 +56,7 @@ def test_model_workloads_match_the_twin(mode, window_path):
     windows are then summed exactly: `kernels.exact_windows`)."""
     geometry = Geometry(8, 12, 2)
     with open_cosim(geometry, AnalogSpec(kwargs={"preset": "pcm", "seed": 0}), mode=mode) as cosim:
-        if window_path in ("compiled", "exact"):
+        if window_path in ("compiled", "walk", "exact"):
             assert cosim.warm_up()
         for seed in range(4):
             spec = AnalogSpec(kwargs={"preset": PRESETS[seed % len(PRESETS)], "seed": seed})

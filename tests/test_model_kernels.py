@@ -307,6 +307,65 @@ def test_compiled_band_test_is_a_proof(compiled, monkeypatch, w_max, bands, dens
     assert np.array_equal(top, edges[g_hi + 1]) and np.array_equal(bottom, edges[g_lo])
 
 
+@pytest.mark.parametrize(("w_max", "rows", "density"),
+                         [(100, 64, 0.5), (19_436, 256, 1.0), (2**20, 300, 0.9), (2**36 + 5, 40, 1.0)])
+def test_walk_flags_every_pair_that_leaves_and_in_vain_only_near_a_limit(compiled, w_max, rows, density):
+    """`kernels.walk_extremes` on `drive._Walk`'s operands against every cycle's exact current:
+    it flags every pair whose current leaves its limits, and a pair inside only where its
+    current comes within twice the rounding slack (sum_i |L_ij|) of a limit; with W within int8
+    (base 1, no slack) exactly the pairs that leave. Sums in int16 up to 258 rows, int32 above;
+    W of one to five base-256 digits; sparse and dense drives (ties, rows that never conduct,
+    windows with and without idle cycles); limits 1 LSB inside a column's extremes, limits that
+    exclude the idle current 0, no limits (a CCO without gain), limits beyond every current."""
+    rng = np.random.default_rng(rows)
+    cols, windows, n = 24, 120, 128
+    w_int = rng.integers(-w_max, w_max + 1, (rows, cols))
+    x = rng.integers(-128, 128, (windows, rows)) * (rng.random((windows, rows)) < density)
+    d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
+    cycles = np.arange(n)
+    currents = np.einsum("bci,ij->bcj", (d[:, None, :] > cycles[:, None]) * s[:, None, :].astype(np.int64),
+                         w_int)  # (windows, cycles, cols)
+    half = np.abs(currents).max(axis=(0, 1)) * 3 // 4
+    lower, upper = -half + rng.integers(-5, 5, cols), half.copy()
+    # every other column: limits 1 LSB inside the extremes it reaches (the slack decides there)
+    upper[3::2], lower[3::2] = currents.max(axis=(0, 1))[3::2] - 1, currents.min(axis=(0, 1))[3::2] + 1
+    lower[0] = 5  # 0 outside: idle cycles leave
+    int64 = np.iinfo(np.int64)
+    lower[1], upper[1] = int64.min, int64.max
+    lower[2], upper[2] = -(2**40), 2**40
+    walk = drive._Walk(w_int, lower, upper)
+    assert walk.low.dtype == (np.int16 if rows <= 258 else np.int32)
+    flags = np.empty((windows, cols), dtype=np.bool_)
+    compiled.walk_extremes(walk.table, d, s, n, walk.low, walk.high, flags)
+    highest, lowest = currents.max(axis=1), currents.min(axis=1)
+    leaves = (highest > upper) | (lowest < lower)
+    assert leaves[:, 3:].sum() > cols and leaves[:, 0].any() and not (leaves & ~flags).any()
+    assert not flags[:, 1:3].any()
+    base = max(1, -(-np.abs(w_int).max() // 127))
+    slack = np.abs(w_int - base * np.floor_divide(w_int + base // 2, base)).sum(axis=0)
+    near = (highest > upper - 2 * slack) | (lowest < lower + 2 * slack)
+    assert not (flags & ~leaves & ~near).any()
+    if w_max <= 127:
+        assert np.array_equal(flags, leaves)
+    else:
+        assert (flags & ~leaves).sum() < 0.05 * (~leaves).sum()  # the slack flags few in vain
+
+
+@pytest.mark.parametrize("margin", [-1, 0, 1, 2])
+@pytest.mark.parametrize(("w", "slack"), [(254, 0), (255, 0), (253, 1)])
+def test_walk_thresholds_round_towards_flagging_by_no_more_than_the_slack(compiled, w, slack, margin):
+    """The walk's limits in units of base round outwards by no more than they must: one row
+    conducting every cycle, W = [w, -w] (254: base 2 and 255: base 3, both exact; 253: base 2,
+    rest 1), both signs, limits `margin` beyond the current's |I| = w: flagged exactly where
+    the current leaves, and only there once it is twice the slack inside (253: margin 2)."""
+    d, s = check_drive(np.full((2, 1), 8), np.array([[1], [-1]]), 1, 8, batched=True)
+    walk = drive._Walk(np.array([[w, -w]]), np.full(2, -w - margin), np.full(2, w + margin))
+    flags = np.empty((2, 2), dtype=np.bool_)
+    compiled.walk_extremes(walk.table, d, s, 8, walk.low, walk.high, flags)
+    if margin < 0 or margin >= 2 * slack:
+        assert np.array_equal(flags, np.full((2, 2), margin < 0))
+
+
 @pytest.mark.parametrize("case", ["wide", "large base"])
 def test_band_test_beyond_int32_takes_numpys_int8_path(compiled, monkeypatch, case):
     """Where the compiled bound would not fit int32, the compiled path takes numpy's exact int8

@@ -109,6 +109,23 @@ def test_thread_share_moves_towards_the_faster_thread_within_bounds():
     assert split.share == cco._ThreadShare.HIGH and split.split(3) == 2
 
 
+def test_path_choice_takes_the_faster_proof_and_keeps_timing_the_other():
+    """`drive._PathChoice`: the band test on the first call, the walk on the second, then the
+    one whose moving average per window is lower, with the other on every _PROBE_EVERY-th call;
+    when the other becomes the faster, the choice follows."""
+    choice = drive._PathChoice()
+    assert not choice.walk_next()
+    choice.took(False, 100, 0.010)  # band test: 100 us a window
+    assert choice.walk_next()
+    choice.took(True, 200, 0.010)  # walk: 50 us a window
+    picks = [choice.walk_next() for _ in range(2 * drive._PROBE_EVERY)]
+    assert picks.count(False) == 2 and not picks[drive._PROBE_EVERY - 1] and not picks[-1]
+    for _ in range(12):
+        choice.took(False, 100, 0.002)  # the drive changed: the band test now 20 us a window
+    picks = [choice.walk_next() for _ in range(2 * drive._PROBE_EVERY)]
+    assert picks.count(True) == 2
+
+
 def test_scan_from_the_band_test_lists_every_pair_that_clips():
     """The batch path's list of pairs that may clip (band test, then the exact scan over the
     bands each pair failed, from the exact current at their end) holds every pair whose
