@@ -84,9 +84,10 @@ _BAND_CHUNK_ELEMENTS = 3 * 2**16
 #: Shape of the band edges (`_band_edges`): 1 gives equal bands.
 _BAND_EDGE_POWER = 0.75
 #: `_PathChoice`: the path not chosen runs on every this-many-th call; weight of a call's time
-#: in a path's moving average.
+#: in a path's moving average; a path's first calls not timed.
 _PROBE_EVERY = 32
 _COST_WEIGHT = 0.25
+_WARM_CALLS = 2
 
 
 @contextmanager
@@ -357,8 +358,9 @@ class CurrentBounds:
         pair than the exact sums it spares them). With the kernels compiled, instead of the band
         test and scans, whichever has been faster (`_PathChoice`): a walk of every window's rows
         over all columns (`_walked`), whose flags are a proof too. Each test is a proof on its
-        own, so a pair is listed only if every test failed it. The one-sign and band tests run on exact integers
-        where `int8` allows (`_Int8Bounds`), else in float32 with the margins their docs prove.
+        own, so a pair is listed only if every test failed it. The one-sign and band tests run
+        on exact integers where `int8` allows (`_Int8Bounds`), else in float32 with the margins
+        their docs prove.
         """
         w = self.w
         check_exact(w, n_window_cycles)
@@ -627,13 +629,16 @@ class _PathChoice:
     or float32 products, then scans of the pairs it fails: cheap where the currents stay far
     inside the limits, as a DNN's do) or the walk (~R C additions a window whatever the
     currents: cheaper where they often come near the limits, as uniform full-range weights'
-    do). Whichever took less time per window lately (moving averages of each, each first
-    measured on one call), and the other on every _PROBE_EVERY-th call so its figure follows the
-    drive. Both list every pair that leaves, with the same exact sums: the counts never depend
-    on the choice. The two threads of a large batch share one (races only blur the figures)."""
+    do). Whichever took less time per window lately (moving averages of each), and the other
+    on every _PROBE_EVERY-th call so its figure follows the drive. Each path runs until it has
+    a figure, the band test first; its first _WARM_CALLS calls are not timed (their caches are
+    cold and their lazy operands built: a walk's first calls took twice its later ones). Both
+    list every pair that leaves, with the same exact sums: the counts never depend on the
+    choice. The two threads of a large batch share one (races only blur the figures)."""
 
     def __init__(self):
         self.cost: list[float | None] = [None, None]  # seconds per window: band test, walk
+        self.untimed = [_WARM_CALLS, _WARM_CALLS]
         self.calls = 0
 
     def walk_next(self) -> bool:
@@ -644,6 +649,9 @@ class _PathChoice:
         return (walk < band) != (self.calls % _PROBE_EVERY == 0)
 
     def took(self, walk: bool, windows: int, seconds: float) -> None:
+        if self.untimed[walk] > 0:
+            self.untimed[walk] -= 1
+            return
         per_window = seconds / max(windows, 1)
         last = self.cost[walk]
         self.cost[walk] = per_window if last is None else last + _COST_WEIGHT * (per_window - last)

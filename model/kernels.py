@@ -223,9 +223,9 @@ def _counts_agree() -> bool:
     """A small batch through the whole window path (`cco.window_counts`, 1-phase windows whose
     currents reach past the CCO's limits), and its first few windows (every pair summed
     exactly: `exact_windows`), give the same counts with the loaded kernels as on numpy's
-    path. It also compiles every kernel the path calls for the argument types it gives them
-    (the band test's and the charge's where torch's int8 GEMM is on), before the first real
-    batch."""
+    path, with the mixed-sign test by the band test and by the walk. It also compiles every
+    kernel the path calls for the argument types it gives them (the band test's and the
+    charge's where torch's int8 GEMM is on), before the first real batch."""
     from .cco import CcoTransfer, window_counts  # they import this module
     from .drive import SelectedConductance, check_drive
     from .keyed_rng import KeyedRng
@@ -240,7 +240,10 @@ def _counts_agree() -> bool:
     d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
     ops, key = np.arange(windows, dtype=np.uint64), KeyedRng(1)
     try:
-        compiled = window_counts(transfer, key, w, d, s, n, ops)
+        compiled = window_counts(transfer, key, w, d, s, n, ops)  # the band test (`drive._PathChoice`)
+        paths = w.bounds(*transfer.current_limits)._paths
+        paths.cost, paths.untimed = [1.0, 0.0], [0, 0]  # then the walk
+        walked = window_counts(transfer, key, w, d, s, n, ops)
         few = window_counts(transfer, key, w, d[:3], s[:3], n, ops[:3])  # every pair summed exactly
     except Exception:  # noqa: BLE001 - a kernel that does not compile for these types: numpy's path
         return False
@@ -249,7 +252,8 @@ def _counts_agree() -> bool:
         expect = window_counts(transfer, key, w, d, s, n, ops)
     finally:
         _loader.loaded = loaded
-    return bool(np.array_equal(compiled, expect) and np.array_equal(few, expect[:3]))
+    return bool(np.array_equal(compiled, expect) and np.array_equal(walked, expect)
+                and np.array_equal(few, expect[:3]))
 
 
 # ---- the loops (plain Python; compiled by `_compiled`) ------------------------------------------

@@ -110,14 +110,18 @@ def test_thread_share_moves_towards_the_faster_thread_within_bounds():
 
 
 def test_path_choice_takes_the_faster_proof_and_keeps_timing_the_other():
-    """`drive._PathChoice`: the band test on the first call, the walk on the second, then the
-    one whose moving average per window is lower, with the other on every _PROBE_EVERY-th call;
-    when the other becomes the faster, the choice follows."""
+    """`drive._PathChoice`: the band test until one of its calls is timed (the first
+    _WARM_CALLS are not), then the walk likewise, then the one whose moving average per window
+    is lower, with the other on every _PROBE_EVERY-th call; when the other becomes the faster,
+    the choice follows."""
     choice = drive._PathChoice()
-    assert not choice.walk_next()
-    choice.took(False, 100, 0.010)  # band test: 100 us a window
-    assert choice.walk_next()
-    choice.took(True, 200, 0.010)  # walk: 50 us a window
+    for walk, per_window in ((False, 100e-6), (True, 50e-6)):  # then: band test 100 us a window, walk 50
+        for _ in range(drive._WARM_CALLS):
+            assert choice.walk_next() == walk
+            choice.took(walk, 100, 1.0)  # not timed: as slow as you like
+        assert choice.walk_next() == walk
+        choice.took(walk, 100, 100 * per_window)
+    assert choice.cost == [100e-6, 50e-6]
     picks = [choice.walk_next() for _ in range(2 * drive._PROBE_EVERY)]
     assert picks.count(False) == 2 and not picks[drive._PROBE_EVERY - 1] and not picks[-1]
     for _ in range(12):
