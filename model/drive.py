@@ -618,7 +618,7 @@ class _Walk:
         self.table = np.concatenate([high_digit, -high_digit]).astype(np.int8)
         dtype = np.int16 if 127 * rows < np.iinfo(np.int16).max else np.int32
         info = np.iinfo(dtype)
-        far = 2**62  # beyond every current (|I| <= 2**31 base): no overflow below
+        far = 2**62  # beyond every current (|I| <= reach < 2**53, `check_exact`): no overflow below
         upper, lower = np.clip(upper, -far, far), np.clip(lower, -far, far)
         self.high = np.clip(np.floor_divide(upper - slack, base), info.min, info.max).astype(dtype)
         self.low = np.clip(np.floor_divide(lower + slack + base - 1, base), info.min, info.max).astype(dtype)
