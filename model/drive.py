@@ -425,7 +425,8 @@ class CurrentBounds:
         walk = self._walk  # built by `may_leave` (two threads may both build it: the same values)
         flags = np.empty((len(d), len(self.cols)), dtype=np.bool_)
         compiled.walk_extremes(walk.table, d, s, n_window_cycles, walk.low, walk.high, flags)
-        window, column = np.nonzero(flags)
+        # 2-D nonzero took ~0.9 ms on 1,000 x 256 flags, flatnonzero and divmod ~0.1 ms
+        window, column = np.divmod(np.flatnonzero(flags), flags.shape[1])
         if not self.all_cols:
             column = self.cols[column]
         if rate is None:
