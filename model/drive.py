@@ -328,7 +328,7 @@ class CurrentBounds:
                             -1: _float32_below(-lower[cols] * shrink)}
         self._int8: _Int8Bounds | None = None
         self._walk: _Walk | None = None
-        self._paths = _PathChoice()
+        self._paths = _PathChoice((w.rows, len(cols)))
 
     def int8(self, windows: int) -> _Int8Bounds | None:
         """The operands of the int8 path (`int_gemm`) for `windows` windows, or None where they
@@ -631,21 +631,27 @@ class _PathChoice:
     inside the limits, as a DNN's do) or the walk (~R C additions a window whatever the
     currents: cheaper where they often come near the limits, as uniform full-range weights'
     do). Whichever took less time per window lately (moving averages of each), and the other
-    on every _PROBE_EVERY-th call so its figure follows the drive. Each path runs until it has
-    a figure, the band test first; its first _WARM_CALLS calls are not timed (their caches are
-    cold and their lazy operands built: a walk's first calls took twice its later ones). Both
-    list every pair that leaves, with the same exact sums: the counts never depend on the
+    on every _PROBE_EVERY-th call so its figure follows the drive. The band test runs until it
+    has a figure; the walk then too, unless a walk of the same shape (rows, columns tested)
+    has been timed in this process (`_WALK_COSTS`: its cost hardly depends on the drive), whose
+    figure stands in for it: a DNN's layers, and each new read state of one, then never try a
+    walk that is slower for them. A path's first _WARM_CALLS calls are not timed (their caches
+    are cold and their lazy operands built: a walk's first calls took twice its later ones).
+    Both list every pair that leaves, with the same exact sums: the counts never depend on the
     choice. The two threads of a large batch share one (races only blur the figures)."""
 
-    def __init__(self):
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
         self.cost: list[float | None] = [None, None]  # seconds per window: band test, walk
         self.untimed = [_WARM_CALLS, _WARM_CALLS]
         self.calls = 0
 
     def walk_next(self) -> bool:
         band, walk = self.cost
-        if band is None or walk is None:
-            return band is not None
+        if band is None:
+            return False
+        if walk is None and (walk := _WALK_COSTS.get(self.shape)) is None:
+            return True
         self.calls += 1
         return (walk < band) != (self.calls % _PROBE_EVERY == 0)
 
@@ -656,6 +662,12 @@ class _PathChoice:
         per_window = seconds / max(windows, 1)
         last = self.cost[walk]
         self.cost[walk] = per_window if last is None else last + _COST_WEIGHT * (per_window - last)
+        if walk:
+            _WALK_COSTS[self.shape] = self.cost[walk]
+
+
+#: The walk's latest cost per window (`_PathChoice`) by shape (rows, columns tested).
+_WALK_COSTS: dict[tuple[int, int], float] = {}
 
 
 class _Int8Bounds:

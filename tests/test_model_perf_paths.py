@@ -109,25 +109,33 @@ def test_thread_share_moves_towards_the_faster_thread_within_bounds():
     assert split.share == cco._ThreadShare.HIGH and split.split(3) == 2
 
 
-def test_path_choice_takes_the_faster_proof_and_keeps_timing_the_other():
+def test_path_choice_takes_the_faster_proof_and_keeps_timing_the_other(monkeypatch):
     """`drive._PathChoice`: the band test until one of its calls is timed (the first
     _WARM_CALLS are not), then the walk likewise, then the one whose moving average per window
     is lower, with the other on every _PROBE_EVERY-th call; when the other becomes the faster,
-    the choice follows."""
-    choice = drive._PathChoice()
+    the choice follows. A later choice for the same shape takes the walk's figure from the
+    first (no trial of a walk slower than its band test); another shape tries the walk."""
+    monkeypatch.setattr(drive, "_WALK_COSTS", {})
+    choice = drive._PathChoice((256, 256))
     for walk, per_window in ((False, 100e-6), (True, 50e-6)):  # then: band test 100 us a window, walk 50
         for _ in range(drive._WARM_CALLS):
             assert choice.walk_next() == walk
             choice.took(walk, 100, 1.0)  # not timed: as slow as you like
         assert choice.walk_next() == walk
         choice.took(walk, 100, 100 * per_window)
-    assert choice.cost == [100e-6, 50e-6]
+    assert choice.cost == [100e-6, 50e-6] and drive._WALK_COSTS == {(256, 256): 50e-6}
     picks = [choice.walk_next() for _ in range(2 * drive._PROBE_EVERY)]
     assert picks.count(False) == 2 and not picks[drive._PROBE_EVERY - 1] and not picks[-1]
     for _ in range(12):
         choice.took(False, 100, 0.002)  # the drive changed: the band test now 20 us a window
     picks = [choice.walk_next() for _ in range(2 * drive._PROBE_EVERY)]
     assert picks.count(True) == 2
+    for shape, trial in (((256, 256), False), ((256, 128), True)):
+        other = drive._PathChoice(shape)
+        for _ in range(drive._WARM_CALLS + 1):
+            assert not other.walk_next()
+            other.took(False, 100, 0.003)  # band test 30 us a window
+        assert other.walk_next() == trial
 
 
 def test_scan_from_the_band_test_lists_every_pair_that_clips():
