@@ -603,7 +603,7 @@ class _Walk:
     """The walk's operands (`CurrentBounds._walked`, `kernels.walk_extremes`) for a matrix W
     (rows, cols) and the limits of its columns: the signed rows of W's high digit H, W = base H +
     L with H = W / base rounded (|H| <= 127, |L| <= base / 2, as `_Int8Bounds`'s one-digit A_g),
-    as int8 (2 rows, cols), and the limits in units of base less a bound on the rest. A current
+    as int8 (2 * rows, cols), and the limits in units of base less a bound on the rest. A current
     is I = base a + e, a the walk's sum of the conducting rows' H terms and |e| <= sum_i |L_ij|
     (`slack`), so I > upper only where a > floor((upper - slack) / base) (`high`) and I < lower
     only where a < ceil((lower + slack) / base) (`low`): the walk flags every pair that leaves,

@@ -456,7 +456,7 @@ def _exact_pairs(terms, d, s, window, column, n_window_cycles, offset, gain, fma
 
 def _walk_extremes(table, d, s, n_window_cycles, low, high, flags):
     """flags[b, j]: whether the current of column j in some cycle of window b, in units of the
-    rows of table (2 rows, cols): row i + rows * (s < 0) is s times row i of a matrix, leaves
+    rows of table (2 * rows, cols): row i + rows * (s < 0) is s times row i of a matrix, leaves
     [low[j], high[j]]. Each window's conducting rows sorted by decreasing duration
     (`_sorted_rows`) and added a row at a time to all columns' sums (the loop over columns
     vectorises), whose smallest and largest values are taken at the end of each run of equal
