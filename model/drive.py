@@ -599,6 +599,15 @@ class CurrentBounds:
         return a, t, counts
 
 
+def _high_digit(w_int: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(base, H, L) with W = base H + L, base = ceil(max |W| / 127), H = W / base rounded
+    (|H| <= 127) and |L| <= base / 2 (base 1 and L = 0 where |W| <= 127): the one int8 digit of W
+    that the compiled band test (`_Int8Bounds`) and the walk (`_Walk`) add, and the rest they bound."""
+    base = max(1, -(-int(np.abs(w_int).max(initial=0)) // 127))
+    high = np.floor_divide(w_int + base // 2, base)
+    return base, high, w_int - base * high
+
+
 class _Walk:
     """The walk's operands (`CurrentBounds._walked`, `kernels.walk_extremes`) for a matrix W
     (rows, cols) and the limits of its columns: the signed rows of W's high digit H, W = base H +
@@ -613,9 +622,8 @@ class _Walk:
 
     def __init__(self, w_int: np.ndarray, lower: np.ndarray, upper: np.ndarray):
         rows = len(w_int)
-        base = max(1, -(-int(np.abs(w_int).max(initial=0)) // 127))
-        high_digit = np.floor_divide(w_int + base // 2, base)
-        slack = np.abs(w_int - base * high_digit).sum(axis=0)
+        base, high_digit, low_part = _high_digit(w_int)
+        slack = np.abs(low_part).sum(axis=0)
         self.table = np.concatenate([high_digit, -high_digit]).astype(np.int8)
         dtype = np.int16 if 127 * rows < np.iinfo(np.int16).max else np.int32
         info = np.iinfo(dtype)
@@ -722,10 +730,7 @@ class _Int8Bounds:
                             -1: -np.maximum(bounds.lower[cols], -np.iinfo(np.int64).max)}
         # the compiled test's one-digit A_g (`failures`): W = base H + L, H = W / base rounded
         # (|H| <= 127), |L| <= base / 2; per column max |L| and L (cols, rows) for the scan starts
-        largest_w = int(np.abs(w_int).max(initial=0))
-        self.base = max(1, -(-largest_w // 127))
-        high_digit = np.floor_divide(w_int + self.base // 2, self.base)
-        low_part = w_int - self.base * high_digit
+        self.base, high_digit, low_part = _high_digit(w_int)
         self.a_high = int_gemm.Int8Matrix(torch, high_digit)
         low_max = np.abs(low_part).max(axis=0, initial=0)
         # the compiled bound |base a - M| + (t << shift) + max|L| |x_g|_1 in int32: every term
