@@ -424,7 +424,7 @@ class CurrentBounds:
         gives them, so listing them too changes no count)."""
         walk = self._walk  # built by `may_leave` (two threads may both build it: the same values)
         flags = np.empty((len(d), len(self.cols)), dtype=np.bool_)
-        compiled.walk_extremes(walk.table, d, s, n_window_cycles, walk.low, walk.high, flags)
+        compiled.walk_extremes(walk.table, d, s, n_window_cycles, *walk.limits, flags)
         # 2-D nonzero took ~0.9 ms on 1,000 x 256 flags, flatnonzero and divmod ~0.1 ms
         window, column = np.divmod(np.flatnonzero(flags), flags.shape[1])
         if not self.all_cols:
@@ -616,21 +616,20 @@ class _Walk:
     is I = base a + e, a the walk's sum of the conducting rows' H terms and |e| <= sum_i |L_ij|
     (`slack`), so I > upper only where a > floor((upper - slack) / base) (`high`) and I < lower
     only where a < ceil((lower + slack) / base) (`low`): the walk flags every pair that leaves,
-    and a few inside within the slack (their exact sums decide). Sums in int16 where
-    127 rows <= 32,766, else int32: |a| <= 127 rows stays below the type's largest value, so
-    limits clamped to the type's range flag the same sums."""
+    and a few inside within the slack (their exact sums decide). The kernel's operands for these
+    limits (`kernels.walk_limits`): the sums offset by -low, in uint16 where 2 rows max|H| + 1 <
+    2**16 (up to 258 rows), else uint32, tested by one unsigned maximum against high - low."""
 
     def __init__(self, w_int: np.ndarray, lower: np.ndarray, upper: np.ndarray):
         rows = len(w_int)
         base, high_digit, low_part = _high_digit(w_int)
         slack = np.abs(low_part).sum(axis=0)
         self.table = np.concatenate([high_digit, -high_digit]).astype(np.int8)
-        dtype = np.int16 if 127 * rows < np.iinfo(np.int16).max else np.int32
-        info = np.iinfo(dtype)
         far = 2**62  # beyond every current (|I| <= reach < 2**53, `check_exact`): no overflow below
         upper, lower = np.clip(upper, -far, far), np.clip(lower, -far, far)
-        self.high = np.clip(np.floor_divide(upper - slack, base), info.min, info.max).astype(dtype)
-        self.low = np.clip(np.floor_divide(lower + slack + base - 1, base), info.min, info.max).astype(dtype)
+        self.high = np.floor_divide(upper - slack, base)
+        self.low = np.floor_divide(lower + slack + base - 1, base)
+        self.limits = kernels.walk_limits(self.low, self.high, int(np.abs(high_digit).max(initial=0)), rows)
 
 
 class _PathChoice:

@@ -313,7 +313,7 @@ def test_walk_flags_every_pair_that_leaves_and_in_vain_only_near_a_limit(compile
     """`kernels.walk_extremes` on `drive._Walk`'s operands against every cycle's exact current:
     it flags every pair whose current leaves its limits, and a pair inside only where its
     current comes within twice the rounding slack (sum_i |L_ij|) of a limit; with W within int8
-    (base 1, no slack) exactly the pairs that leave. Sums in int16 up to 258 rows, int32 above;
+    (base 1, no slack) exactly the pairs that leave. Sums in 16 bits up to 258 rows, 32 above;
     W of one to five base-256 digits; sparse and dense drives (ties, rows that never conduct,
     windows with and without idle cycles); limits 1 LSB inside a column's extremes, limits that
     exclude the idle current 0, no limits (a CCO without gain), limits beyond every current."""
@@ -334,9 +334,9 @@ def test_walk_flags_every_pair_that_leaves_and_in_vain_only_near_a_limit(compile
     lower[1], upper[1] = int64.min, int64.max
     lower[2], upper[2] = -(2**40), 2**40
     walk = drive._Walk(w_int, lower, upper)
-    assert walk.low.dtype == (np.int16 if rows <= 258 else np.int32)
+    assert walk.limits[0].dtype == (np.uint16 if rows <= 258 else np.uint32)
     flags = np.empty((windows, cols), dtype=np.bool_)
-    compiled.walk_extremes(walk.table, d, s, n, walk.low, walk.high, flags)
+    compiled.walk_extremes(walk.table, d, s, n, *walk.limits, flags)
     highest, lowest = currents.max(axis=1), currents.min(axis=1)
     leaves = (highest > upper) | (lowest < lower)
     assert leaves[:, 3:].sum() > cols and leaves[:, 0].any() and not (leaves & ~flags).any()
@@ -351,6 +351,41 @@ def test_walk_flags_every_pair_that_leaves_and_in_vain_only_near_a_limit(compile
         assert (flags & ~leaves).sum() < 0.05 * (~leaves).sum()  # the slack flags few in vain
 
 
+@pytest.mark.parametrize(("rows", "largest"),
+                         [(1, 127), (3, 127), (258, 127), (259, 127), (1057, 31), (1057, 32)])
+def test_walk_limits_flag_exactly_the_sums_outside_up_to_the_largest_sum(compiled, rows, largest):
+    """`kernels.walk_limits`' offset unsigned sums (one maximum instead of a minimum and a
+    maximum) flag exactly the windows whose current leaves, for currents up to the largest
+    sum, reach = rows x largest, on both sides (258 x 127: uint16; 1,057 x 31 = 32,767, the
+    widest sums uint16 holds: 2 reach + 1 = 2**16 - 1; 259 x 127 and 1,057 x 32: uint32),
+    limits on and 1 beyond those sums, empty ranges, limits excluding 0, and ranges that let
+    the first rows skip the maximum (`quiet`) or not."""
+    w = np.full((rows, 1), largest)
+    reach = largest * rows
+    # windows: every row at once, + or -, or half of them longer than the rest with the other sign
+    x = np.array([np.full(rows, 5), np.full(rows, -5), np.where(np.arange(rows) < rows // 2, 7, -3),
+                  np.where(np.arange(rows) < rows // 2, -7, 3), np.zeros(rows, np.int64)])
+    d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, 8, batched=True)
+    currents = ((d[:, None, :] > np.arange(8)[:, None]) * s[:, None, :].astype(np.int64)) @ w[:, 0]
+    table = np.concatenate([w, -w]).astype(np.int8)
+    edges = [-(2**40), -reach - 1, -reach, -reach + 1, -largest, -1, 0, 1, largest - 1, largest,
+             reach - 1, reach, reach + 1, 2**40]
+    limits = np.array([(lo, hi) for lo in edges for hi in edges])
+    lower, upper = limits[:, 0], limits[:, 1]
+    bias, span, quiet = kernels.walk_limits(lower, upper, largest, rows)
+    assert bias.dtype == (np.uint16 if reach <= 32_767 else np.uint32)
+    flags = np.empty((len(x), len(limits)), dtype=np.bool_)
+    compiled.walk_extremes(np.repeat(table, len(limits), axis=1), d, s, 8, bias, span, quiet, flags)
+    leaves = (currents.max(axis=1)[:, None] > upper) | (currents.min(axis=1)[:, None] < lower)
+    assert np.array_equal(flags, leaves)
+    for inside in (0, largest - 1, largest, 3 * largest, reach + 5):  # every column's limits +-inside
+        bias, span, quiet = kernels.walk_limits(np.full(2, -inside), np.full(2, inside), largest, rows)
+        assert quiet == min(rows, inside // largest)
+        flags = np.empty((len(x), 2), dtype=np.bool_)
+        compiled.walk_extremes(np.repeat(table, 2, axis=1), d, s, 8, bias, span, quiet, flags)
+        assert np.array_equal(flags[:, 0], (np.abs(currents) > inside).any(axis=1))
+
+
 @pytest.mark.parametrize("margin", [-1, 0, 1, 2])
 @pytest.mark.parametrize(("w", "slack"), [(254, 0), (255, 0), (253, 1)])
 def test_walk_thresholds_round_towards_flagging_by_no_more_than_the_slack(compiled, w, slack, margin):
@@ -361,7 +396,7 @@ def test_walk_thresholds_round_towards_flagging_by_no_more_than_the_slack(compil
     d, s = check_drive(np.full((2, 1), 8), np.array([[1], [-1]]), 1, 8, batched=True)
     walk = drive._Walk(np.array([[w, -w]]), np.full(2, -w - margin), np.full(2, w + margin))
     flags = np.empty((2, 2), dtype=np.bool_)
-    compiled.walk_extremes(walk.table, d, s, 8, walk.low, walk.high, flags)
+    compiled.walk_extremes(walk.table, d, s, 8, *walk.limits, flags)
     if margin < 0 or margin >= 2 * slack:
         assert np.array_equal(flags, np.full((2, 2), margin < 0))
 
