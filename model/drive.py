@@ -618,7 +618,8 @@ class _Walk:
     only where a < ceil((lower + slack) / base) (`low`): the walk flags every pair that leaves,
     and a few inside within the slack (their exact sums decide). The kernel's operands for these
     limits (`kernels.walk_limits`): the sums offset by -low, in uint16 where 2 rows max|H| + 1 <
-    2**16 (up to 258 rows), else uint32, tested by one unsigned maximum against high - low."""
+    2**16 (up to 258 rows where max|H| = 127), else uint32, tested by one unsigned maximum
+    against high - low."""
 
     def __init__(self, w_int: np.ndarray, lower: np.ndarray, upper: np.ndarray):
         rows = len(w_int)

@@ -511,7 +511,10 @@ def walk_limits(low: np.ndarray, high: np.ndarray, largest: int, rows: int
         raise ValueError(f"walk sums of {rows} terms within +-{largest} exceed 32 bits")
     bias = np.negative(low) % (int(np.iinfo(dtype).max) + 1)
     inside = int(min(high.min(initial=reach + 1), -low.max(initial=-reach - 1)))  # < 0: 0 leaves somewhere
-    quiet = 0 if inside < 0 else rows if largest == 0 else min(rows, inside // largest)
+    if inside < 0:
+        quiet = 0
+    else:  # k rows' sums within +-k largest: inside while k largest <= inside
+        quiet = rows if largest == 0 else min(rows, inside // largest)
     return bias.astype(dtype), high - low, quiet
 
 
