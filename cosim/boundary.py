@@ -1,6 +1,8 @@
 """Binding of one tile's analog boundary ports to the analog model (docs/numerics.md section 2).
 
-Word slicing follows pcmhil.interface.BoundaryLayout. Two fidelity modes:
+Word slicing follows pcmhil.interface.BoundaryLayout; the testbench joins the words of each vector
+into one signal (cosim/harness.py: testbench_verilog), read or written in one VPI call (vpi.Vector).
+Two fidelity modes:
 - transaction: on win_start, read the latched drive (durations, polarities, device select,
   window length), call the model once, drive cco_count before the window ends;
 - cycle: every clock of a window (sampled mid-cycle, on the falling edge), read drive_en /
@@ -8,6 +10,8 @@ Word slicing follows pcmhil.interface.BoundaryLayout. Two fidelity modes:
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from cocotb.triggers import FallingEdge, RisingEdge
@@ -26,7 +30,7 @@ from pcmhil.interface import (
 _WORD_BYTES = BOUNDARY_WORD_BITS // 8
 
 
-def words_to_bits(words: list[int], count: int) -> np.ndarray:
+def words_to_bits(words: Sequence[int] | np.ndarray, count: int) -> np.ndarray:
     """64-bit words -> bool[count], bit i of the vector = bit i%64 of word i//64."""
     raw = np.array(words, dtype=np.uint64).view(np.uint8)
     return np.unpackbits(raw, bitorder="little")[:count].astype(bool)
@@ -37,7 +41,7 @@ def _lane_dtype(lane_bits: int):
     return np.dtype(f"<u{lane_bits // 8}") if lane_bits in (8, 16, 32, 64) else None
 
 
-def words_to_lanes(words: list[int], lane_bits: int, count: int) -> np.ndarray:
+def words_to_lanes(words: Sequence[int] | np.ndarray, lane_bits: int, count: int) -> np.ndarray:
     """64-bit words -> int64[count] of `lane_bits`-wide unsigned lanes, lane 0 in the low bits."""
     raw = np.array(words, dtype="<u8")
     dtype = _lane_dtype(lane_bits)
@@ -51,12 +55,17 @@ def words_to_lanes(words: list[int], lane_bits: int, count: int) -> np.ndarray:
 
 def lanes_to_words(lanes: np.ndarray, lane_bits: int, n_words: int) -> list[int]:
     """int[count] lanes (each < 2**lane_bits) -> n_words 64-bit words (pad lanes zero)."""
+    return lanes_to_array(lanes, lane_bits, n_words).tolist()
+
+
+def lanes_to_array(lanes: np.ndarray, lane_bits: int, n_words: int) -> np.ndarray:
+    """lanes_to_words as an array of n_words little-endian 64-bit words."""
     per_word = BOUNDARY_WORD_BITS // lane_bits
     dtype = _lane_dtype(lane_bits)
     if dtype is not None:
         padded = np.zeros(n_words * per_word, dtype=dtype)
         padded[:len(lanes)] = lanes
-        return padded.view("<u8").tolist()
+        return padded.view("<u8")
     if 8 % lane_bits == 0:  # several lanes per byte: build the bytes, then view them as words
         per_byte = 8 // lane_bits
         padded = np.zeros(n_words * per_word, dtype=np.uint8)
@@ -66,11 +75,11 @@ def lanes_to_words(lanes: np.ndarray, lane_bits: int, n_words: int) -> list[int]
         packed = padded[::per_byte].copy()
         for k in range(1, per_byte):
             packed |= padded[k::per_byte] << np.uint8(k * lane_bits)
-        return packed.view("<u8").tolist()
+        return packed.view("<u8")
     padded = np.zeros(n_words * per_word, dtype=np.uint64)
     padded[:len(lanes)] = lanes
     shifts = np.arange(per_word, dtype=np.uint64) * np.uint64(lane_bits)
-    return [int(w) for w in np.bitwise_or.reduce(padded.reshape(n_words, per_word) << shifts, axis=1)]
+    return np.bitwise_or.reduce(padded.reshape(n_words, per_word) << shifts, axis=1).astype("<u8")
 
 
 class BoundaryPorts:
@@ -87,9 +96,13 @@ class BoundaryPorts:
         lay = self.layout
         # the testbench of a mode ties off the input the other mode drives, and boundary_mode
         inputs = {"transaction": ("cco_count", lay.count_words), "cycle": ("cco_pulses", lay.pulse_words)}
-        self._vectors = {name: vpi.words([self.port(f"{name}__{k}") for k in range(count)])
-                         for name, count in (("drive_en", lay.drive_words), ("drive_neg", lay.drive_words),
-                                             ("drive_mag", lay.mag_words), inputs[mode])}
+        # each vector is one signal of the testbench (cosim/harness.py: testbench_verilog)
+        self._vectors = {}
+        for name, count in (("drive_en", lay.drive_words), ("drive_neg", lay.drive_words),
+                            ("drive_mag", lay.mag_words), inputs[mode]):
+            self._vectors[name] = vector = vpi.Vector(self.port(name))
+            if vector.n_words != count:
+                raise ValueError(f"{self.prefix}{name}: {vector.bits} bits, not {count} boundary words")
         self._scalars = {name: vpi.Word(self.port(name)) for name in (
             "win_select", "win_cycles", "win_full", "win_active", "win_start",
             "prog_valid", "prog_index", "prog_data", "prog_commit", "prog_row", "prog_mode")}
@@ -100,15 +113,15 @@ class BoundaryPorts:
     def scalar(self, name: str) -> int:
         return self._scalars[name].read()
 
-    def words(self, name: str) -> list[int]:
-        return vpi.read_all(self._vectors[name])
+    def words(self, name: str) -> np.ndarray:
+        return self._vectors[name].read()
 
-    def write_words(self, name: str, words: list[int]) -> None:
-        vpi.write_all(self._vectors[name], words)
+    def write_words(self, name: str, words: np.ndarray) -> None:
+        self._vectors[name].write(words)
 
     def reset(self) -> None:
         name = "cco_count" if self.mode == "transaction" else "cco_pulses"
-        self.write_words(name, [0] * len(self._vectors[name]))
+        self.write_words(name, np.zeros(self._vectors[name].n_words, dtype="<u8"))
 
     # ---- windows ---------------------------------------------------------------------------
 
@@ -132,14 +145,14 @@ class BoundaryPorts:
                 durations = np.where(durations > 0, n_cycles, 0)
             counts = analog().windows(durations[None], negative[None], np.array([select]), n_cycles)[0]
             lane_max = (1 << CCO_COUNT_LANE_BITS) - 1
-            self.write_words("cco_count", lanes_to_words(np.clip(counts, 0, lane_max)[:cols],
+            self.write_words("cco_count", lanes_to_array(np.clip(counts, 0, lane_max)[:cols],
                                                          CCO_COUNT_LANE_BITS, lay.count_words))
 
     async def _serve_cycles(self, analog) -> None:
         rows = self.geometry.rows
         lay = self.layout
         clk = self.dut.clk
-        idle = lanes_to_words(np.zeros(0, dtype=np.int64), CCO_PULSE_BITS, lay.pulse_words)
+        idle = lanes_to_array(np.zeros(0, dtype=np.int64), CCO_PULSE_BITS, lay.pulse_words)
         while True:
             await RisingEdge(self.port("win_start"))
             window = None
@@ -155,7 +168,7 @@ class BoundaryPorts:
                     sign = np.where(words_to_bits(self.words("drive_neg"), rows), -1, 1).astype(np.int8)
                 enabled = words_to_bits(self.words("drive_en"), rows)
                 pulses = window.step(np.multiply(enabled, sign, dtype=np.int8))
-                self.write_words("cco_pulses", lanes_to_words(pulses, CCO_PULSE_BITS, lay.pulse_words))
+                self.write_words("cco_pulses", lanes_to_array(pulses, CCO_PULSE_BITS, lay.pulse_words))
 
     # ---- programming -----------------------------------------------------------------------
 

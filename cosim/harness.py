@@ -8,16 +8,17 @@ Python side touches a handful of signals per operation. The chip's own AXI4-Lite
 AXI4-Stream protocol behaviour (back-pressure, error responses) is verified separately with
 cocotbext-axi bus models (tests/test_rtl_bus_*).
 
-Python-facing ports (all <= 64 bits, TOOLCHAIN.md):
+Python-facing ports (scalars <= 64 bits; the DMA memories' words and the boundary vectors wide,
+each moved in one VPI call as a binary string, cosim/vpi.py):
 - csr_go (pulse), csr_write, csr_addr, csr_wdata, csr_strb -> csr_done (level, cleared by go),
   csr_rdata, csr_resp (AXI response code). With csr_poll set, a read is repeated until
   (rdata & csr_mask) == csr_match (or csr_poll is cleared), like a board's register-poll engine:
   waiting for a command costs the host one request and the simulation one callback.
-- dma_in[] memory of 64-bit entries, two beats each (beat b = bits 32 (b % 2) .. of entry b // 2),
-  dma_in_last[] (1 bit per beat: tlast), dma_in_count, dma_in_go (pulse) -> dma_in_busy,
-  dma_in_sent. Packing two beats per word halves the VPI calls of a transfer; tlast sits apart
-  so that the server writes only the bits that change between transfers.
-- dma_out[] ring of 64-bit entries (two beats each, as dma_in) written from m_axis, dma_out_wptr
+- dma_in[] memory of BEATS_PER_WORD beats an entry (beat b = bits 32 (b % BEATS_PER_WORD) .. of
+  entry b // BEATS_PER_WORD), dma_in_last[] (1 bit per beat: tlast), dma_in_count, dma_in_go
+  (pulse) -> dma_in_busy, dma_in_sent. tlast sits apart so that the server writes only the bits
+  that change between transfers.
+- dma_out[] ring of entries as dma_in's, written from m_axis, dma_out_wptr
   (out, in beats), dma_out_rptr (in): the ring back-pressures the chip when full; dma_out_ends[]
   ring of the beat index (mod 2 DMA_DEPTH) after each tlast beat, dma_out_ends_wptr (out).
 - t{n}__* analog boundary of each tile, irq.
@@ -33,20 +34,22 @@ from __future__ import annotations
 
 import re
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from pcmhil.interface import BUS_ADDR_BITS, BUS_DATA_BITS, Geometry
+from pcmhil.interface import BOUNDARY_WORD_BITS, BUS_ADDR_BITS, BUS_DATA_BITS, Geometry
 from pcmhil.rtl.signatures import AnalogBoundary
 
 #: DMA buffer depth in beats (a power of two; the ring pointers wrap at twice the depth).
 DMA_DEPTH = 4096
 DMA_PTR_BITS = DMA_DEPTH.bit_length()  # one extra bit distinguishes full from empty
-#: Beats per DMA memory word (64-bit words: the widest a VPI access takes, TOOLCHAIN.md).
-BEATS_PER_WORD = 2
+#: Beats per DMA memory word: a packet of a 256-row MVM (65 beats) crosses VPI in one or two
+#: calls (each a binary string of the word) instead of one call per 64 bits.
+BEATS_PER_WORD = 64
 DMA_WORD_BITS = BEATS_PER_WORD * BUS_DATA_BITS
+LANE_BITS = BEATS_PER_WORD.bit_length() - 1  # beat index within a word
 
 TOPLEVEL = "pcmhil_cosim_top"
 #: The simulation's top module (harness + clock) and the harness instance inside it.
@@ -67,11 +70,17 @@ TIED_OFF = {"transaction": ("cco_pulses", 1), "cycle": ("cco_count", 0)}
 HARNESS_PUBLIC = tuple(f"{TOPLEVEL}:{name}" for name in ("dma_in", "dma_in_last", "dma_out", "dma_out_ends"))
 
 
+#: A port that is one word of a boundary vector (pcmhil.interface.BoundaryLayout): vector, index.
+_VECTOR_WORD = re.compile(r"^(t\d+__[a-z_]+)__(\d+)$")
+
+
 def testbench_verilog(harness_verilog: str, mode: str | None = None) -> str:
     """The simulation top: every harness port as a testbench signal (inputs are regs that the
-    server writes), and the clock generated in HDL. For a fidelity `mode`, the analog inputs the
-    other mode would drive are tied to constants, so Verilator removes the logic behind them
-    (signals Python may write are re-evaluated on every evaluation step)."""
+    server writes), and the clock generated in HDL. The words of each boundary vector are joined
+    into one signal (word i at bits 64 i and up), which Python reads or writes in one VPI call
+    instead of one per word. For a fidelity `mode`, the analog inputs the other mode would drive
+    are tied to constants, so Verilator removes the logic behind them (signals Python may write
+    are re-evaluated on every evaluation step)."""
     start = harness_verilog.index(f"module {TOPLEVEL}(")
     ports = _PORT.findall(harness_verilog[start:harness_verilog.index("endmodule", start)])
     tied, boundary_mode = TIED_OFF[mode] if mode else (None, None)
@@ -83,13 +92,35 @@ def testbench_verilog(harness_verilog: str, mode: str | None = None) -> str:
                 constant[name] = f"{int(msb) + 1 if msb else 1}'d0"
             elif re.match(r"^t\d+__boundary_mode$", name):
                 constant[name] = f"1'd{boundary_mode}"
+    widths = {name: int(msb) + 1 if msb else 1 for _, msb, name in ports}
+    vectors: dict[str, dict[int, str]] = {}  # vector -> word index -> port
+    for _, _, name in ports:
+        match = _VECTOR_WORD.match(name)
+        if match and name not in constant:
+            vectors.setdefault(match[1], {})[int(match[2])] = name
+    connect = {name: name for _, _, name in ports}
+    connect.update(constant)
+    declared = set()
     lines = [f"module {TESTBENCH};", "  reg clk = 1'b0;",
              f"  always #{CLK_PERIOD_NS / 2} clk = ~clk;"]
+    for vector, words in vectors.items():
+        if sorted(words) != list(range(len(words))) or any(
+                widths[words[i]] != BOUNDARY_WORD_BITS for i in range(len(words) - 1)):
+            raise ValueError(f"boundary vector {vector}: words {sorted(words)} are not 0 .. n-1 of "
+                             f"{BOUNDARY_WORD_BITS} bits but the last")
+        bits = BOUNDARY_WORD_BITS * (len(words) - 1) + widths[words[len(words) - 1]]
+        direction = next(d for d, _, name in ports if name == words[0])
+        lines.append(f"  {'reg' if direction == 'input' else 'wire'} [{bits - 1}:0] {vector}"
+                     f"{' = 0' if direction == 'input' else ''};")
+        for i, name in words.items():
+            low = BOUNDARY_WORD_BITS * i
+            connect[name] = f"{vector}[{low + widths[name] - 1}:{low}]"
+            declared.add(name)
     for direction, msb, name in ports:
-        if name != "clk" and name not in constant:
+        if name != "clk" and name not in constant and name not in declared:
             width = f"[{msb}:0] " if msb else ""
             lines.append(f"  reg {width}{name} = 0;" if direction == "input" else f"  wire {width}{name};")
-    connections = ",\n".join(f"    .{name}({constant.get(name, name)})" for _, _, name in ports)
+    connections = ",\n".join(f"    .{name}({connect[name]})" for _, _, name in ports)
     lines += [f"  {TOPLEVEL} {INSTANCE} (\n{connections}\n  );", "endmodule", ""]
     return "\n".join(lines)
 
@@ -169,27 +200,27 @@ class CosimHarness(wiring.Component):
         read, read_last = mem.read_port(), last_mem.read_port()
         count = Signal.like(self.dma_in_count)
         index = Signal.like(self.dma_in_count)  # beat presented (or about to be)
-        half = Signal()  # which half of the word read holds the beat presented
+        lane = Signal(range(BEATS_PER_WORD))  # which beat of the word read is presented
         valid = Signal()
         running = Signal()  # from the go edge until the chip accepted the last beat
         accept = valid & chip.s_axis_tready
         next_index = Signal.like(index)
         m.d.comb += [
             next_index.eq(index + accept),
-            read.addr.eq(next_index >> 1),
+            read.addr.eq(next_index >> LANE_BITS),
             read_last.addr.eq(next_index),
-            chip.s_axis_tdata.eq(read.data.word_select(half, BUS_DATA_BITS)),
+            chip.s_axis_tdata.eq(read.data.word_select(lane, BUS_DATA_BITS)),
             chip.s_axis_tlast.eq(read_last.data),
             chip.s_axis_tvalid.eq(valid),
             self.dma_in_busy.eq(running),
             self.dma_in_sent.eq(index),
         ]
         with m.If(self.dma_in_go):
-            m.d.sync += [count.eq(self.dma_in_count), index.eq(0), valid.eq(0), half.eq(0),
+            m.d.sync += [count.eq(self.dma_in_count), index.eq(0), valid.eq(0), lane.eq(0),
                          running.eq(self.dma_in_count != 0)]
             m.d.comb += [read.addr.eq(0), read_last.addr.eq(0)]
         with m.Else():
-            m.d.sync += [index.eq(next_index), half.eq(next_index[0]), valid.eq(next_index < count)]
+            m.d.sync += [index.eq(next_index), lane.eq(next_index[:LANE_BITS]), valid.eq(next_index < count)]
             with m.If(next_index == count):
                 m.d.sync += running.eq(0)
 
@@ -206,9 +237,9 @@ class CosimHarness(wiring.Component):
             full.eq((wptr - self.dma_out_rptr)[:DMA_PTR_BITS] == DMA_DEPTH),
             chip.m_axis_tready.eq(~full),
             beat.eq(chip.m_axis_tvalid & ~full),
-            write.addr.eq(wptr[1:DMA_PTR_BITS - 1]),
-            write.data.eq(Cat(chip.m_axis_tdata, chip.m_axis_tdata)),
-            write.en.eq(Mux(wptr[0], 0b10, 0b01) & beat.replicate(BEATS_PER_WORD)),
+            write.addr.eq(wptr[LANE_BITS:DMA_PTR_BITS - 1]),
+            write.data.eq(chip.m_axis_tdata.replicate(BEATS_PER_WORD)),
+            write.en.eq(Mux(beat, Const(1, BEATS_PER_WORD) << wptr[:LANE_BITS], 0)),
             write_end.addr.eq(ends_wptr[:DMA_PTR_BITS - 1]),
             write_end.data.eq(wptr + 1),
             write_end.en.eq(beat & chip.m_axis_tlast),

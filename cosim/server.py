@@ -19,13 +19,15 @@ import numpy as np
 from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
 from pcmhil.cosim import vpi
-from pcmhil.cosim.boundary import BoundaryPorts, lanes_to_words, words_to_lanes
+from pcmhil.cosim.boundary import BoundaryPorts, lanes_to_array, words_to_lanes
 from pcmhil.cosim.harness import BEATS_PER_WORD, CLK_PERIOD_NS, DMA_DEPTH, DMA_PTR_BITS, INSTANCE
 from pcmhil.cosim.link import LinkClosed, recv_message, send_message
 from pcmhil.interface import BUS_DATA_BITS
 
 CONFIG_ENV = "PCMHIL_COSIM_CONFIG"
 _PTR_MASK = (1 << DMA_PTR_BITS) - 1
+#: 64-bit words of a DMA memory entry (the unit of cosim/vpi.py's Vector).
+_ENTRY_WORDS = BEATS_PER_WORD * BUS_DATA_BITS // 64
 #: An AXI4-Lite access of the register file takes a few cycles; this many means a hung bus.
 CSR_CYCLE_LIMIT = 1000
 #: Cycles between looks at the output ring while waiting for packets.
@@ -53,10 +55,10 @@ class Server:
         self.dut = dut  # the testbench: clk and every harness port
         harness = getattr(dut, INSTANCE)  # its DMA memories, word by word
         words = DMA_DEPTH // BEATS_PER_WORD
-        self.dma_in = vpi.words([harness.dma_in[i] for i in range(words)])
+        self.dma_in = [vpi.Vector(harness.dma_in[i]) for i in range(words)]
         self.dma_in_last = vpi.words([harness.dma_in_last[i] for i in range(DMA_DEPTH)])
         self.in_lasts: set[int] = set()  # beats whose dma_in_last bit is 1
-        self.dma_out = vpi.words([harness.dma_out[i] for i in range(words)])
+        self.dma_out = [vpi.Vector(harness.dma_out[i]) for i in range(words)]
         self.dma_out_ends = vpi.words([harness.dma_out_ends[i] for i in range(DMA_DEPTH)])
         self.sig = {name: vpi.Word(getattr(dut, name)) for name in (
             "csr_go", "csr_write", "csr_addr", "csr_wdata", "csr_strb", "csr_poll", "csr_mask",
@@ -140,8 +142,10 @@ class Server:
     async def send(self, words: np.ndarray, lasts: np.ndarray, max_cycles: int) -> None:
         for start in range(0, len(words), DMA_DEPTH):
             chunk = words[start:start + DMA_DEPTH]
-            packed = lanes_to_words(chunk, BUS_DATA_BITS, -(-len(chunk) // BEATS_PER_WORD))
-            vpi.write_all(self.dma_in[:len(packed)], packed)
+            entries = -(-len(chunk) // BEATS_PER_WORD)
+            packed = lanes_to_array(chunk, BUS_DATA_BITS, entries * _ENTRY_WORDS).reshape(entries, -1)
+            for entry, entry_words in zip(self.dma_in[:entries], packed, strict=True):
+                entry.write(entry_words)
             ends = set(np.flatnonzero(lasts[start:start + DMA_DEPTH]).tolist())
             for beat in self.in_lasts - ends:
                 self.dma_in_last[beat].write(0)
@@ -180,7 +184,7 @@ class Server:
         skip, word_count = first % BEATS_PER_WORD, DMA_DEPTH // BEATS_PER_WORD
         entries = [self.dma_out[(first // BEATS_PER_WORD + k) % word_count].read()
                    for k in range(-(-(skip + n_beats) // BEATS_PER_WORD))]
-        beats = words_to_lanes(entries, BUS_DATA_BITS, skip + n_beats)[skip:]
+        beats = words_to_lanes(np.concatenate(entries), BUS_DATA_BITS, skip + n_beats)[skip:]
         offset = 0
         while self.ends_rptr != ends_wptr:
             end = self.dma_out_ends[self.ends_rptr % DMA_DEPTH].read()

@@ -43,6 +43,27 @@ def test_fake_analog_workloads_match_the_twin():
             assert compare(got, want) == []
 
 
+def test_batches_longer_than_the_dma_buffers_match_the_twin():
+    """A batch whose input and output streams each wrap the harness's DMA buffers several times
+    (cosim/harness.py: DMA_DEPTH beats, BEATS_PER_WORD beats a memory entry), with packets that
+    straddle the entries and the input's chunks: every code equals the twin's."""
+    from pcmhil.cosim.harness import BEATS_PER_WORD, DMA_DEPTH
+
+    geometry = Geometry(64, 60, 1)
+    in_beats, out_beats = geometry.rows // 4 + 1, geometry.cols // 4 + 1  # header + int8 lanes
+    count = 2 * DMA_DEPTH // min(in_beats, out_beats) + 7
+    assert in_beats % BEATS_PER_WORD and out_beats % BEATS_PER_WORD  # packets straddle entries
+    x = np.random.default_rng(8).integers(-128, 128, (count, geometry.rows))
+    with open_cosim(geometry) as cosim:  # the fake tile's weights: small random integers
+        chips = [Chip(cosim, geometry), Chip(TwinTransport(geometry, FAKE), geometry)]
+        for chip in chips:
+            chip.calibrate(0, 2)
+        got, want = (chip.mvm(0, x) for chip in chips)
+    assert got.shape == (count, geometry.cols)
+    assert np.array_equal(got, want)
+    assert len(np.unique(got)) > 50  # codes spread over the range, not one saturated value
+
+
 #: CI subset of the equivalence regression (the full >= 1,000-workload run is marked slow).
 PRESETS = ("pcm", "hermes-2dev", "hermes-1dev", "projected", "ideal")
 
