@@ -53,13 +53,9 @@ def words_to_lanes(words: Sequence[int] | np.ndarray, lane_bits: int, count: int
     return lanes.reshape(-1)[:count].astype(np.int64)
 
 
-def lanes_to_words(lanes: np.ndarray, lane_bits: int, n_words: int) -> list[int]:
-    """int[count] lanes (each < 2**lane_bits) -> n_words 64-bit words (pad lanes zero)."""
-    return lanes_to_array(lanes, lane_bits, n_words).tolist()
-
-
 def lanes_to_array(lanes: np.ndarray, lane_bits: int, n_words: int) -> np.ndarray:
-    """lanes_to_words as an array of n_words little-endian 64-bit words."""
+    """int[count] lanes (each < 2**lane_bits) -> n_words little-endian 64-bit words (pad lanes
+    zero)."""
     per_word = BOUNDARY_WORD_BITS // lane_bits
     dtype = _lane_dtype(lane_bits)
     if dtype is not None:

@@ -71,12 +71,3 @@ class Vector:
 
 def words(handles: Sequence) -> list[Word]:
     return [Word(h) for h in handles]
-
-
-def read_all(ws: Sequence[Word]) -> list[int]:
-    return [w.read() for w in ws]
-
-
-def write_all(ws: Sequence[Word], values: Sequence[int]) -> None:
-    for w, v in zip(ws, values, strict=True):
-        w.write(v)
