@@ -15,7 +15,11 @@ arrays, done an element or a pair at a time in one loop each.
 - the walk that may replace the band test and scans of large batches (`walk_extremes`,
   `drive._PathChoice`): every window's rows sorted, added a row at a time to all columns' sums
   in 16 bits (W's high digit, `drive._Walk`), offset so that one unsigned maximum over the
-  cycles flags the sums that leave the limits less a bound on the rest (`walk_limits`);
+  cycles flags the sums that leave the limits less a bound on the rest (`walk_limits`); where
+  llvmlite compiles them, by `walk_ir`'s blocks of columns whose sums stay in vector registers
+  over a window's rows (windows sorted first, `_sort_windows`), else numba's loop (`walk_rows`,
+  also for 32-bit sums; `PCMHIL_BLOCK_WALK=0` keeps it), checked against each other at load
+  (`_walk_blocks_agree`);
 - cycle mode's clock (`cycle_step`: `analog_tile.CycleWindow.step`): the changed rows'
   currents, the CCO phases and their pulses;
 - the counts (`bracketed_counts`, `charged_counts`): the keyed hash, the noise bracket and the
@@ -45,13 +49,16 @@ every kernel for the argument types the path gives it.
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
 
-from . import lazy
+from . import lazy, walk_ir
 
 _ENV_SWITCH = "PCMHIL_JIT"
+#: "0" keeps the walk on numba's loop instead of `walk_ir`'s register blocks (same flags).
+_BLOCK_WALK_SWITCH = "PCMHIL_BLOCK_WALK"
 #: A process that counts windows a few at a time (a co-simulation's transaction mode: one per
 #: call) loads the kernels after this many, about when the time they would have saved pays for
 #: the load (~0.5-0.8 s cached; they save ~0.1-0.25 ms a window at 256 x 256,
@@ -100,6 +107,8 @@ def _load():
     kernels = _compiled()
     if kernels is None or not _self_check(kernels) or not _steps_agree(kernels):
         return None
+    if kernels.walk_blocks is not None and not _walk_blocks_agree(kernels):
+        kernels.walk_blocks = None  # numba's walk, then
     _loader.loaded = kernels  # for the whole window path to take them in the check
     try:
         return kernels if _counts_agree() else None
@@ -119,13 +128,33 @@ def _compiled():
     _rate, _knee_pulses = jit(_rate), jit(_knee_pulses)
     _sorted_rows, _pair_scratch = jit(_sorted_rows), jit(_pair_scratch)
     _bracketed_row, _range_total = jit(_bracketed_row), jit(_range_total)
+    blocks = walk_ir.load() if os.environ.get(_BLOCK_WALK_SWITCH, "1") != "0" else None
     kernels = SimpleNamespace(scan_pairs=jit(_scan_pairs), exact_pairs=jit(_exact_pairs),
-                              exact_windows=jit(_exact_windows), walk_extremes=jit(_walk_extremes),
+                              exact_windows=jit(_exact_windows), walk_rows=jit(_walk_extremes),
+                              sort_windows=jit(_sort_windows), walk_blocks=blocks,
                               cycle_step=jit(_cycle_step),
                               band_operands=jit(_band_operands), band_worst=jit(_band_worst),
                               band_failures=jit(_band_failures), low_sums=jit(_low_sums),
                               bracketed_counts=jit(_bracketed_counts), charged_counts=jit(_charged_counts))
+    kernels.walk_extremes = lambda *operands: _walk(kernels, *operands)
     return kernels
+
+
+def _walk(kernels, table, d, s, n_window_cycles, bias, span, quiet, flags) -> None:
+    """`_walk_extremes`'s flags: by `walk_ir`'s register blocks on the windows sorted first
+    (`_sort_windows`) where the sums are uint16 and the blocks loaded, else by numba's loop."""
+    blocks = kernels.walk_blocks
+    if blocks is None or bias.dtype != np.uint16 or table.dtype != np.int8:
+        kernels.walk_rows(table, d, s, n_window_cycles, bias, span, quiet, flags)
+        return
+    windows, rows = d.shape
+    order, durations = np.empty((windows, rows + 1), np.int64), np.empty((windows, rows + 1), np.int64)
+    counts = np.empty(windows, np.int64)
+    kernels.sort_windows(d, s, order, durations, counts)
+    highest = np.empty(flags.shape, np.uint16)
+    blocks.highest(np.ascontiguousarray(table), order, durations, counts, quiet, n_window_cycles,
+                   np.ascontiguousarray(bias), highest)
+    np.greater(highest, span, out=flags)
 
 
 _loader = lazy.LazyLoad(_ENV_SWITCH, _load)
@@ -171,7 +200,7 @@ def _self_check(kernels) -> bool:
                            gain, fmax, out_totals)
         kernels.exact_pairs(terms, d, s, window, column, n, offset, gain, fmax, out_exact)
         kernels.exact_windows(w, d, s, n, offset, gain, fmax, out_windows)
-        kernels.walk_extremes(np.concatenate([w, -w]).astype(np.int8), d, s, n,
+        kernels.walk_rows(np.concatenate([w, -w]).astype(np.int8), d, s, n,
                               *walk_limits(lower, upper, int(np.abs(w).max()), len(w)), out_walk)
     except Exception:  # noqa: BLE001 - a kernel that does not compile: numpy's path
         return False
@@ -180,6 +209,33 @@ def _self_check(kernels) -> bool:
                 and np.array_equal(out_totals[out_scan], expect_exact[out_scan])
                 and np.array_equal(out_windows.ravel(), expect_exact)
                 and np.array_equal(out_walk.ravel(), expect_scan))
+
+
+def _walk_blocks_agree(kernels) -> bool:
+    """`walk_ir`'s blocks against numba's walk on random int8 rows over 151 columns (every
+    block width, 128 + 16 + 7 x 1), windows with repeated durations, none on, or every row on for
+    all cycles, limits with 0 outside, and 0, 3 or 30 quiet rows: the same flags."""
+    rng = np.random.default_rng(2468)
+    rows, cols, windows, n = 40, 151, 24, 9
+    w = rng.integers(-127, 128, (rows, cols))
+    table = np.concatenate([w, -w]).astype(np.int8)
+    d = rng.integers(0, n + 1, (windows, rows)).astype(np.int16)
+    d[0], d[1] = 0, n
+    s = rng.choice(np.array([-1, 1], dtype=np.int8), (windows, rows))
+    reach = rows * 127
+    for quiet in (0, 3, rows - 10):  # the same operands for both, whether or not the limits allow it
+        low, high = -rng.integers(0, reach // 4, cols), rng.integers(0, reach // 4, cols)
+        low[::5] = rng.integers(1, 100, len(low[::5]))  # 0 outside: idle cycles leave
+        bias, span, _ = walk_limits(low, high, 127, rows)
+        expect, got = np.empty((windows, cols), np.bool_), np.empty((windows, cols), np.bool_)
+        kernels.walk_rows(table, d, s, n, bias, span, quiet, expect)
+        try:
+            _walk(kernels, table, d, s, n, bias, span, quiet, got)
+        except Exception:  # noqa: BLE001 - blocks that do not run: numba's walk
+            return False
+        if not (expect.any() and not expect.all() and np.array_equal(got, expect)):
+            return False
+    return True
 
 
 def _steps_agree(kernels) -> bool:
@@ -490,6 +546,14 @@ def _walk_extremes(table, d, s, n_window_cycles, bias, span, quiet, flags):
                     current[j] += row[j]
         for j in range(cols):
             flags[b, j] = highest[j] > span[j]
+
+
+def _sort_windows(d, s, order, durations, counts):
+    """Every window's rows sorted (`_sorted_rows`) into order[b], durations[b] (each rows + 1
+    long) and counts[b], for `walk_ir`'s blocks."""
+    starts = np.empty(_COUNTING_SORT_MAX + 2, np.int64)
+    for b in range(d.shape[0]):
+        counts[b] = _sorted_rows(d, s, b, order[b], durations[b], starts)
 
 
 def walk_limits(low: np.ndarray, high: np.ndarray, largest: int, rows: int

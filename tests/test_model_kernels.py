@@ -401,6 +401,53 @@ def test_walk_thresholds_round_towards_flagging_by_no_more_than_the_slack(compil
         assert np.array_equal(flags, np.full((2, 2), margin < 0))
 
 
+@pytest.mark.parametrize("cols", [1, 3, 15, 16, 17, 127, 128, 129, 150, 256, 300, 512])
+def test_walk_register_blocks_flag_what_numbas_loop_flags(compiled, cols):
+    """`walk_ir`'s blocks (128, 16 and 1 columns wide, `kernels._walk`) against numba's loop
+    (`walk_rows`) on the same operands, for column counts that leave every kind of remainder:
+    the same flags, for uniform int8 rows, drives of 8-bit durations with ties, windows with no
+    row on and with every row on for all cycles, limits that many pairs leave, some that exclude
+    the idle current 0, and 0, a few or most rows quiet."""
+    assert compiled.walk_blocks is not None, "llvmlite (numba's) must compile the blocks here"
+    rng = np.random.default_rng(cols)
+    rows, windows, n = 96, 40, 128
+    w = rng.integers(-127, 128, (rows, cols))
+    table = np.concatenate([w, -w]).astype(np.int8)
+    x = rng.integers(-128, 128, (windows, rows))
+    x[0], x[1], x[2, ::2] = 0, n, 3
+    d, s = check_drive(np.abs(x), np.where(x < 0, -1, 1), rows, n, batched=True)
+    reach = rows * 127
+    for quiet in (0, 5, rows - 20):
+        low, high = -rng.integers(0, reach // 8, cols), rng.integers(0, reach // 8, cols)
+        low[1::5] = rng.integers(1, 200, len(low[1::5]))  # 0 outside: cycles with no row on leave
+        bias, span, _ = kernels.walk_limits(low, high, 127, rows)
+        expect, got = np.empty((windows, cols), np.bool_), np.empty((windows, cols), np.bool_)
+        compiled.walk_rows(table, d, s, n, bias, span, quiet, expect)
+        compiled.walk_extremes(table, d, s, n, bias, span, quiet, got)
+        assert expect.any() and not expect.all()
+        assert np.array_equal(got, expect)
+
+
+def test_walk_register_blocks_refuse_operands_of_the_wrong_kind(compiled):
+    blocks = compiled.walk_blocks
+    order = np.zeros((2, 5), np.int64)
+    table, counts, bias = np.zeros((8, 16), np.int8), np.zeros(2, np.int64), np.zeros(16, np.uint16)
+    blocks.highest(table, order, order.copy(), counts, 0, 4, bias, np.empty((2, 16), np.uint16))
+    out = np.empty((2, 16), np.uint16)
+    for bad in (dict(table=table.astype(np.int16)), dict(bias=bias[:8]), dict(out=out.astype(np.int32)),
+                dict(table=np.zeros((16, 8), np.int8).T)):
+        operands = dict(table=table, bias=bias, out=out) | bad
+        with pytest.raises(ValueError, match="wrong type, shape or layout"):
+            blocks.highest(operands["table"], order, order.copy(), counts, 0, 4, operands["bias"],
+                           operands["out"])
+
+
+def test_the_block_walk_switch_keeps_numbas_loop():
+    code = "from pcmhil.model import kernels; kernels.warm_up(); print(kernels.module().walk_blocks)"
+    assert _in_subprocess(code, PCMHIL_BLOCK_WALK="0") == ["None"]
+    assert _in_subprocess(code)[0].startswith("<pcmhil.model.walk_ir.BlockWalk")
+
+
 @pytest.mark.parametrize("case", ["wide", "large base"])
 def test_band_test_beyond_int32_takes_numpys_int8_path(compiled, monkeypatch, case):
     """Where the compiled bound would not fit int32, the compiled path takes numpy's exact int8
