@@ -123,7 +123,8 @@ class BlockWalk:
         """out (windows, cols) uint16: each column's highest offset sum over each window's
         cycles, as the module doc says. table int8 (rows, cols), order and durations int64
         (windows, stride), counts int64 (windows,), bias uint16 (cols,): all C-contiguous (the
-        caller's arrays, held while the call runs; it releases the GIL)."""
+        caller's arrays, held while the call runs; it releases the GIL), order holding row
+        indices of table (`kernels._sort_windows`), counts[b] < stride."""
         windows, cols = out.shape
         if not (table.dtype == np.int8 and bias.dtype == np.uint16 and out.dtype == np.uint16
                 and order.dtype == durations.dtype == counts.dtype == np.int64
@@ -131,6 +132,8 @@ class BlockWalk:
                 and order.shape == durations.shape and order.shape[0] == windows == len(counts)
                 and all(a.flags.c_contiguous for a in (table, order, durations, counts, bias, out))):
             raise ValueError("BlockWalk.highest: operands of the wrong type, shape or layout")
+        if windows and not 0 <= counts.min() <= counts.max() < order.shape[1]:  # it reads durations[b, count]
+            raise ValueError(f"BlockWalk.highest: row counts must lie in [0, {order.shape[1] - 1}]")
         begin = 0
         for width in WIDTHS:
             end = begin + (cols - begin) // width * width

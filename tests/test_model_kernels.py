@@ -440,6 +440,8 @@ def test_walk_register_blocks_refuse_operands_of_the_wrong_kind(compiled):
         with pytest.raises(ValueError, match="wrong type, shape or layout"):
             blocks.highest(operands["table"], order, order.copy(), counts, 0, 4, operands["bias"],
                            operands["out"])
+    with pytest.raises(ValueError, match=r"row counts must lie in \[0, 4\]"):
+        blocks.highest(table, order, order.copy(), np.array([0, 5]), 0, 4, bias, out)
 
 
 def test_the_block_walk_switch_keeps_numbas_loop():
