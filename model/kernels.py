@@ -143,6 +143,9 @@ def _compiled():
 def _walk(kernels, table, d, s, n_window_cycles, bias, span, quiet, flags) -> None:
     """`_walk_extremes`'s flags: by `walk_ir`'s register blocks on the windows sorted first
     (`_sort_windows`) where the sums are uint16 and the blocks loaded, else by numba's loop."""
+    if table.shape[0] < 2 * d.shape[1]:  # both kernels read row rows + i for a negative row i
+        raise ValueError(f"walk: the table has {table.shape[0]} rows, not the 2 x {d.shape[1]} signed "
+                         "terms (w, then -w) the drive's rows index")
     blocks = kernels.walk_blocks
     if blocks is None or bias.dtype != np.uint16 or table.dtype != np.int8:
         kernels.walk_rows(table, d, s, n_window_cycles, bias, span, quiet, flags)
@@ -213,14 +216,16 @@ def _self_check(kernels) -> bool:
 
 def _walk_blocks_agree(kernels) -> bool:
     """`walk_ir`'s blocks against numba's walk on random int8 rows over 151 columns (every
-    block width, 128 + 16 + 7 x 1), windows with repeated durations, none on, or every row on for
-    all cycles, limits with 0 outside, and 0, 3 or 30 quiet rows: the same flags."""
+    block width, 128 + 16 + 7 x 1), windows with repeated durations, none on, every row on for
+    all cycles, or cycles with none on after some, limits with 0 outside, and 0, 3 or 30 quiet
+    rows: the same flags."""
     rng = np.random.default_rng(2468)
     rows, cols, windows, n = 40, 151, 24, 9
     w = rng.integers(-127, 128, (rows, cols))
     table = np.concatenate([w, -w]).astype(np.int8)
     d = rng.integers(0, n + 1, (windows, rows)).astype(np.int16)
     d[0], d[1] = 0, n
+    d[2] = rng.integers(0, n - 1, rows)  # rows on, yet cycles with none on: the maxima start at the bias
     s = rng.choice(np.array([-1, 1], dtype=np.int8), (windows, rows))
     reach = rows * 127
     for quiet in (0, 3, rows - 10):  # the same operands for both, whether or not the limits allow it

@@ -128,7 +128,7 @@ class BlockWalk:
         windows, cols = out.shape
         if not (table.dtype == np.int8 and bias.dtype == np.uint16 and out.dtype == np.uint16
                 and order.dtype == durations.dtype == counts.dtype == np.int64
-                and table.ndim == 2 and table.shape[1] == cols and bias.shape == (cols,)
+                and table.ndim == order.ndim == 2 and table.shape[1] == cols and bias.shape == (cols,)
                 and order.shape == durations.shape and order.shape[0] == windows == len(counts)
                 and all(a.flags.c_contiguous for a in (table, order, durations, counts, bias, out))):
             raise ValueError("BlockWalk.highest: operands of the wrong type, shape or layout")

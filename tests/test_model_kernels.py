@@ -428,6 +428,43 @@ def test_walk_register_blocks_flag_what_numbas_loop_flags(compiled, cols):
         assert np.array_equal(got, expect)
 
 
+def _highest_sums(table, order, durations, counts, quiet, n_window_cycles, bias) -> np.ndarray:
+    """`walk_ir`'s contract, window by window in numpy: the unsigned maximum of the wrapping
+    16-bit sums bias + table[order[0]] + ... taken after the rows q >= quiet that end a run of
+    equal durations, starting from the bias if the window has cycles with no row on, else 0."""
+    out = np.empty((len(counts), table.shape[1]), np.uint16)
+    for b, count in enumerate(counts):
+        idle = n_window_cycles > durations[b, 0]
+        highest = bias.astype(np.int64) if idle else np.zeros_like(bias, np.int64)
+        sums = (bias.astype(np.int64) + np.cumsum(table[order[b, :count]].astype(np.int64), axis=0)) % 2**16
+        ends = [q for q in range(quiet, count) if durations[b, q] != durations[b, q + 1]]
+        out[b] = np.maximum(highest, sums[ends].max(axis=0)) if ends else highest
+    return out
+
+
+@pytest.mark.parametrize("cols", [1, 17, 150, 300])
+def test_walk_register_blocks_give_each_windows_highest_sums(compiled, cols):
+    """The blocks' maxima themselves (not only the flags), against the numpy contract above, for
+    sums that wrap (any uint16 bias), runs of equal durations, windows with no row on, with all
+    rows on for all cycles and with idle cycles after some, and 0, a few or most rows quiet."""
+    rng = np.random.default_rng(cols + 7)
+    rows, windows, n = 50, 30, 20
+    table = rng.integers(-128, 128, (2 * rows, cols)).astype(np.int8)
+    d = rng.integers(0, n + 1, (windows, rows)).astype(np.int16)
+    d[0], d[1], d[2] = 0, n, rng.integers(0, 4, rows)
+    s = rng.choice(np.array([-1, 1], dtype=np.int8), (windows, rows))
+    order, durations = np.empty((windows, rows + 1), np.int64), np.empty((windows, rows + 1), np.int64)
+    counts = np.empty(windows, np.int64)
+    compiled.sort_windows(d, s, order, durations, counts)
+    bias = rng.integers(0, 2**16, cols).astype(np.uint16)
+    for quiet in (0, 4, rows - 5):
+        got = np.empty((windows, cols), np.uint16)
+        compiled.walk_blocks.highest(table, order, durations, counts, quiet, n, bias, got)
+        expect = _highest_sums(table, order, durations, counts, quiet, n, bias)
+        assert np.array_equal(got, expect)
+        assert (expect != bias).any() and (expect == bias).any()
+
+
 def test_walk_register_blocks_refuse_operands_of_the_wrong_kind(compiled):
     blocks = compiled.walk_blocks
     order = np.zeros((2, 5), np.int64)
@@ -442,6 +479,10 @@ def test_walk_register_blocks_refuse_operands_of_the_wrong_kind(compiled):
                            operands["out"])
     with pytest.raises(ValueError, match=r"row counts must lie in \[0, 4\]"):
         blocks.highest(table, order, order.copy(), np.array([0, 5]), 0, 4, bias, out)
+    d, s = np.ones((2, 5), np.int16), np.ones((2, 5), np.int8)  # 5 rows: the table must hold 10 terms
+    for sums in (np.uint16, np.int64):  # the blocks' operands, numba's loop's
+        with pytest.raises(ValueError, match="the table has 8 rows, not the 2 x 5 signed terms"):
+            compiled.walk_extremes(table, d, s, 4, bias.astype(sums), bias, 0, np.empty((2, 16), np.bool_))
 
 
 def test_the_block_walk_switch_keeps_numbas_loop():
