@@ -132,7 +132,7 @@ class BlockWalk:
                 and order.shape == durations.shape and order.shape[0] == windows == len(counts)
                 and all(a.flags.c_contiguous for a in (table, order, durations, counts, bias, out))):
             raise ValueError("BlockWalk.highest: operands of the wrong type, shape or layout")
-        if windows and not 0 <= counts.min() <= counts.max() < order.shape[1]:  # it reads durations[b, count]
+        if windows and (counts.min() < 0 or counts.max() >= order.shape[1]):  # it reads durations[b, count]
             raise ValueError(f"BlockWalk.highest: row counts must lie in [0, {order.shape[1] - 1}]")
         begin = 0
         for width in WIDTHS:

@@ -477,6 +477,9 @@ def test_walk_register_blocks_refuse_operands_of_the_wrong_kind(compiled):
         with pytest.raises(ValueError, match="wrong type, shape or layout"):
             blocks.highest(operands["table"], order, order.copy(), counts, 0, 4, operands["bias"],
                            operands["out"])
+    for flat in (order.ravel(), order[:, :, None]):  # order 1-D or 3-D: still C-contiguous
+        with pytest.raises(ValueError, match="wrong type, shape or layout"):
+            blocks.highest(table, flat, flat.copy(), counts, 0, 4, bias, out)
     with pytest.raises(ValueError, match=r"row counts must lie in \[0, 4\]"):
         blocks.highest(table, order, order.copy(), np.array([0, 5]), 0, 4, bias, out)
     d, s = np.ones((2, 5), np.int16), np.ones((2, 5), np.int8)  # 5 rows: the table must hold 10 terms
